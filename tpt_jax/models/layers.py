@@ -1,0 +1,180 @@
+"""Decoder building blocks with Hugging Face numerics: RMSNorm, split-half RoPE, GQA attention, MLP.
+
+Parameters are stored in einsum-friendly shapes ([D, N, H] rather than HF's [N*H, D]) and carry
+logical axis names (`logical_axes` metadata) that `tpt_jax.sharding` maps onto the mesh.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from tpt_jax.models.config import ModelConfig, RopeScaling
+
+Initializer = jax.nn.initializers.Initializer
+
+
+def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype, init=None):
+    """A parameter with logical axis names; random normal(0.02) unless `init` says otherwise."""
+    init = init or jax.nn.initializers.normal(0.02)
+    return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm computed in float32; Gemma scales by (1 + w), LLaMA by w (HF's two variants)."""
+
+    def __init__(self, dim: int, eps: float, plus_one: bool, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        init = jax.nn.initializers.zeros if plus_one else jax.nn.initializers.ones
+        self.weight = param(rngs, (dim,), ("norm",), dtype, init)
+        self.eps = eps
+        self.plus_one = plus_one
+
+    def __call__(self, x: Float[Array, "... D"]) -> Float[Array, "... D"]:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        w = self.weight[...]
+        if self.plus_one:  # Gemma multiplies in float32, then casts
+            return (normed * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
+        return w * normed.astype(x.dtype)  # LLaMA casts first, then multiplies
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
+    """Inverse frequencies [H/2] as HF computes them (float32), with linear or llama3 scaling."""
+    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim
+    inv = (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
+    if scaling is None:
+        return inv
+    if scaling.rope_type == "linear":
+        return (inv / np.float32(scaling.factor)).astype(np.float32)
+    ctx = scaling.original_max_position_embeddings
+    low_wavelen = ctx / scaling.low_freq_factor
+    high_wavelen = ctx / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > low_wavelen, inv / scaling.factor, inv)
+    smooth = (ctx / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(
+    x: Float[Array, "B T N H"], positions: Int[Array, "B T"], inv_freq: np.ndarray
+) -> Float[Array, "B T N H"]:
+    """Split-half ("rotate_half") RoPE, the layout of HF checkpoints."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, H/2]
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :].astype(x.dtype)
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :].astype(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def softcap(x: Array, cap: float | None) -> Array:
+    return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+def attention_mask(
+    q_pos: Int[Array, "B T"],
+    k_pos: Int[Array, "B S"],
+    k_valid: Bool[Array, "B S"],
+    window: int | None,
+) -> Bool[Array, "B T S"]:
+    """Causal by position (so left padding and caches need no index arithmetic), plus a window.
+
+    A window W lets a query see keys at most W-1 positions back, as HF's `kv > q - W`.
+    """
+    delta = q_pos[:, :, None] - k_pos[:, None, :]
+    mask = (delta >= 0) & k_valid[:, None, :]
+    if window is not None:
+        mask &= delta < window
+    return mask
+
+
+def attend(
+    q: Float[Array, "B T N H"],
+    k: Float[Array, "B S K H"],
+    v: Float[Array, "B S K H"],
+    mask: Bool[Array, "B T S"],
+    scale: float,
+    cap: float | None,
+) -> Float[Array, "B T N H"]:
+    """Grouped-query attention without repeating K/V: queries are viewed as [K, G] groups."""
+    b, t, n, h = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, n // kv, h)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k) * scale
+    scores = softcap(scores.astype(jnp.float32), cap)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+    return out.reshape(b, t, n, h)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = param(rngs, (d, n, h), ("embed", "q_heads", "head_dim"), dtype)
+        self.k_proj = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), dtype)
+        self.v_proj = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), dtype)
+        self.o_proj = param(rngs, (n, h, d), ("q_heads", "head_dim", "embed"), dtype)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(h, cfg.rms_norm_eps, True, rngs=rngs, dtype=dtype)
+            self.k_norm = RMSNorm(h, cfg.rms_norm_eps, True, rngs=rngs, dtype=dtype)
+        sliding = cfg.layer_type(layer) == "sliding_attention"
+        self.window = cfg.sliding_window if sliding else None
+        local_theta = cfg.rope_local_theta if sliding else None
+        theta = local_theta or cfg.rope_theta
+        self.rope = (h, theta, None if local_theta else cfg.rope_scaling)  # static, hashable
+        self.scale = cfg.attn_scale
+        self.cap = cfg.attn_logit_softcap
+        self.qk_norm = cfg.qk_norm
+
+    def project_qkv(
+        self, x: Float[Array, "B T D"], positions: Int[Array, "B T"]
+    ) -> tuple[Float[Array, "B T N H"], Float[Array, "B T K H"], Float[Array, "B T K H"]]:
+        """Queries, keys and values with QK-norm and RoPE applied (what a KV cache stores)."""
+        q = jnp.einsum("BTD,DNH->BTNH", x, self.q_proj[...])
+        k = jnp.einsum("BTD,DKH->BTKH", x, self.k_proj[...])
+        v = jnp.einsum("BTD,DKH->BTKH", x, self.v_proj[...])
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        inv_freq = rope_inv_freq(*self.rope)
+        return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
+
+    def __call__(
+        self, x: Float[Array, "B T D"], positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
+    ) -> Float[Array, "B T D"]:
+        q, k, v = self.project_qkv(x, positions)
+        mask = attention_mask(positions, positions, valid, self.window)
+        out = attend(q, k, v, mask, self.scale, self.cap)
+        return self.output(out)
+
+    def output(self, attn: Float[Array, "B T N H"]) -> Float[Array, "B T D"]:
+        return jnp.einsum("BTNH,NHD->BTD", attn, self.o_proj[...])
+
+
+class MLP(nnx.Module):
+    """Gated MLP: down(act(gate(x)) * up(x)); SiLU for LLaMA, tanh-GELU (GeGLU) for Gemma."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = param(rngs, (d, f), ("embed", "mlp"), dtype)
+        self.up_proj = param(rngs, (d, f), ("embed", "mlp"), dtype)
+        self.down_proj = param(rngs, (f, d), ("mlp", "embed"), dtype)
+        self.activation = cfg.activation
+
+    def __call__(self, x: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
+        gate = jnp.einsum("BTD,DF->BTF", x, self.gate_proj[...])
+        up = jnp.einsum("BTD,DF->BTF", x, self.up_proj[...])
+        if self.activation == "silu":
+            act = jax.nn.silu(gate)
+        else:
+            act = jax.nn.gelu(gate, approximate=True)
+        return jnp.einsum("BTF,FD->BTD", act * up, self.down_proj[...])
