@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tpt_jax.errors import UnsupportedModelError
+
 Family = Literal["llama", "gemma2", "gemma3"]
 LayerType = Literal["full_attention", "sliding_attention"]
 
@@ -19,10 +21,6 @@ HF_ARCHITECTURE = {
     "gemma2": "Gemma2ForCausalLM",
     "gemma3": "Gemma3ForCausalLM",
 }
-
-
-class UnsupportedModelError(ValueError):
-    """A checkpoint or config describes a model this package does not implement."""
 
 
 @dataclass(frozen=True)

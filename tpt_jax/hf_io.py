@@ -1,0 +1,180 @@
+"""Hugging Face checkpoint directories in and out, tensor by tensor, straight onto the mesh.
+
+Loading builds the abstract model, then fills each parameter with
+`jax.make_array_from_callback`: every device shard is sliced from a memory-mapped safetensors
+view and cast on its own, so no host ever holds a whole checkpoint (or a whole tensor in
+float32 when it is sharded). Export writes what `transformers` and its tokenizer load as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from tpt_jax.errors import CheckpointError
+from tpt_jax.models import hf_names
+from tpt_jax.models.config import ModelConfig
+from tpt_jax.models.transformer import Transformer, abstract_model
+from tpt_jax.safetensors_io import SafetensorsDir, write_safetensors
+from tpt_jax.sharding import SAMPLE_RULES, Rules, make_mesh, state_shardings
+
+TensorSource = Callable[[str], np.ndarray]  # HF key -> HF-layout array (may be a memmap)
+
+
+def read_hf_config(directory: str | Path) -> ModelConfig:
+    path = Path(directory) / "config.json"
+    try:
+        return ModelConfig.from_hf_config(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found (is {directory} a HF model directory?)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+    except KeyError as e:
+        raise CheckpointError(f"{path}: missing key {e}") from None
+
+
+def build_model(
+    cfg: ModelConfig,
+    source: TensorSource,
+    available: set[str],
+    *,
+    dtype: Any = jnp.float32,
+    mesh: Mesh | None = None,
+    rules: Rules = SAMPLE_RULES,
+    where: Callable[[str], str] = lambda key: key,
+) -> Transformer:
+    """Fill the abstract model of `cfg` from HF-named tensors, each placed with its sharding.
+
+    `available` is the checkpoint's key set: a missing parameter or an unexpected tensor is an
+    error naming it (`where(key)` says which file it is in), so no weight is silently skipped.
+    """
+    mesh = mesh or make_mesh((1, 1, 1), jax.devices()[:1])
+    graphdef, abstract = nnx.split(abstract_model(cfg, dtype))
+    shardings = nnx.to_flat_state(state_shardings(abstract, mesh, rules))
+    rows = {row.path: row for row in hf_names.table(cfg)}
+    wanted = {row.hf_key for row in rows.values()}
+    unexpected = sorted(k for k in available - wanted if not hf_names.is_ignored(k, cfg))
+    if unexpected:
+        raise CheckpointError(f"{where(unexpected[0])}: unexpected tensor {unexpected[0]!r}")
+    leaves = []
+    for (path, var), (_, sharding) in zip(nnx.to_flat_state(abstract), shardings, strict=True):
+        row = rows[path]
+        if row.hf_key not in available:
+            raise CheckpointError(f"{where('')}: missing tensor {row.hf_key!r}")
+        array = _place(row, source(row.hf_key), var.shape, var.dtype, sharding, where)
+        leaves.append((path, var.replace(array)))
+    return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+
+
+def _place(
+    row: hf_names.Row,
+    hf_array: np.ndarray,
+    shape: tuple[int, ...],
+    dtype: Any,
+    sharding: NamedSharding,
+    where: Callable[[str], str],
+) -> jax.Array:
+    if tuple(hf_array.shape) != hf_names.hf_shape(row, shape):
+        raise CheckpointError(
+            f"{where(row.hf_key)}: tensor {row.hf_key!r} has shape {tuple(hf_array.shape)}, "
+            f"the config implies {hf_names.hf_shape(row, shape)}"
+        )
+    view = hf_names.to_ours(row, hf_array)
+    target = np.dtype(dtype)
+    return jax.make_array_from_callback(
+        shape, sharding, lambda index: np.asarray(view[index]).astype(target, copy=False)
+    )
+
+
+def load_hf_dir(
+    directory: str | Path,
+    *,
+    dtype: Any = jnp.float32,
+    mesh: Mesh | None = None,
+    rules: Rules = SAMPLE_RULES,
+) -> Transformer:
+    """A model from a HF checkpoint directory (config.json + one or sharded safetensors)."""
+    cfg = read_hf_config(directory)
+    tensors = SafetensorsDir(directory)
+    return build_model(
+        cfg,
+        tensors.get,
+        set(tensors.keys()),
+        dtype=dtype,
+        mesh=mesh,
+        rules=rules,
+        where=lambda k: str(tensors.file_of(k)) if k in tensors.keys() else str(directory),
+    )
+
+
+def hf_state_dict(model: Transformer, dtype: Any = None) -> dict[str, np.ndarray]:
+    """HF-named, HF-layout host arrays, gathered one tensor at a time."""
+    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    out = {}
+    for row in hf_names.table(model.config):
+        value = np.asarray(jax.device_get(flat[row.path][...]))
+        if dtype is not None:
+            value = value.astype(np.dtype(dtype))
+        out[row.hf_key] = hf_names.to_hf(row, value)
+    return out
+
+
+def save_hf_dir(
+    model: Transformer,
+    directory: str | Path,
+    *,
+    tokenizer: Any = None,
+    dtype: Any = None,
+    max_shard_bytes: int = 5 * 2**30,
+) -> Path:
+    """Write config.json, generation_config.json, safetensors (+ index when sharded), tokenizer."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    tensors = hf_state_dict(model, dtype)
+    first = next(iter(tensors.values()))
+    hf_cfg = cfg.to_hf_config() | {"torch_dtype": _torch_dtype_name(first.dtype)}
+    hf_cfg["dtype"] = hf_cfg["torch_dtype"]
+    (directory / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+    generation = {"bos_token_id": cfg.bos_token_id, "pad_token_id": cfg.pad_token_id}
+    stops = tuple(tokenizer.stop_token_ids) if tokenizer is not None else cfg.eos_token_ids
+    generation["eos_token_id"] = list(stops) if len(stops) != 1 else stops[0]
+    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    _write_shards(directory, tensors, max_shard_bytes)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _write_shards(directory: Path, tensors: dict[str, np.ndarray], max_bytes: int) -> None:
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for key, t in tensors.items():
+        if shards[-1] and size + t.nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = t
+        size += t.nbytes
+    if len(shards) == 1:
+        write_safetensors(directory / "model.safetensors", shards[0])
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        write_safetensors(directory / name, shard)
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.nbytes for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _torch_dtype_name(dtype: np.dtype) -> str:
+    return {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[np.dtype(dtype).name]

@@ -1,0 +1,91 @@
+"""The only module that names mesh axes: the mesh, and the rules from logical axes to mesh axes.
+
+Model code names logical axes (`embed`, `vocab`, `q_heads`, ...); a rules table maps each to a
+mesh axis of `('data', 'fsdp', 'tensor')`. A mesh axis that does not divide a dimension is
+dropped for that array (replicated instead), so one table serves every model size and mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from tpt_jax.errors import TptError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+MeshAxes = str | tuple[str, ...] | None
+Rules = Mapping[str, MeshAxes]
+
+# Training: weights split over fsdp (ZeRO-3 style) and tensor (Megatron style).
+TRAIN_RULES: Rules = {
+    "batch": ("data", "fsdp"),
+    "embed": "fsdp",
+    "vocab": "tensor",
+    "q_heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "head_dim": None,
+    "norm": None,
+}
+# Sampling: no optimizer state to spread, so weights stay whole along fsdp and only the tensor
+# axis splits them; decoding then needs no weight all-gathers per step.
+SAMPLE_RULES: Rules = {**TRAIN_RULES, "embed": None}
+
+
+def make_mesh(shape: Sequence[int] | None = None, devices: Sequence | None = None) -> Mesh:
+    """A `(data, fsdp, tensor)` mesh; default puts every device on `fsdp`."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = tuple(shape) if shape is not None else (1, len(devices), 1)
+    if len(shape) != 3:
+        raise TptError(f"mesh shape {shape} must have 3 entries (data, fsdp, tensor)")
+    if math.prod(shape) != len(devices):
+        raise TptError(
+            f"mesh shape {shape} needs {math.prod(shape)} devices but {len(devices)} are available"
+        )
+    grid = np.asarray(devices, dtype=object).reshape(shape)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def logical_to_spec(
+    axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules = TRAIN_RULES
+) -> PartitionSpec:
+    """PartitionSpec for an array with these logical axes, dropping mesh axes that don't fit."""
+    used: set[str] = set()
+    out: list[MeshAxes] = []
+    for name, dim in zip(axes, shape, strict=True):
+        target = rules.get(name) if name else None
+        names = (target,) if isinstance(target, str) else tuple(target or ())
+        kept: list[str] = []
+        for axis in names:
+            size = mesh.shape[axis]
+            if axis in used or size == 1 or dim % (size * math.prod(mesh.shape[a] for a in kept)):
+                continue
+            kept.append(axis)
+        used.update(kept)
+        out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return PartitionSpec(*out)
+
+
+def _is_var(x: object) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = TRAIN_RULES) -> nnx.State:
+    """A NamedSharding for every variable of an (abstract or real) model state."""
+
+    def one(v: nnx.Variable) -> NamedSharding:
+        axes = v.get_metadata().get("logical_axes") or (None,) * len(v.shape)
+        return NamedSharding(mesh, logical_to_spec(axes, v.shape, mesh, rules))
+
+    return jax.tree.map(one, state, is_leaf=_is_var)
+
+
+def batch_sharding(mesh: Mesh, batch_size: int, ndim: int = 2) -> NamedSharding:
+    """Rows over (data, fsdp) where they divide; other dimensions replicated."""
+    spec = logical_to_spec(("batch",) + (None,) * (ndim - 1), (batch_size,) + (1,) * (ndim - 1), mesh)
+    return NamedSharding(mesh, spec)
