@@ -105,3 +105,15 @@ def abstract_model(cfg: ModelConfig, dtype: Any = jnp.float32) -> Transformer:
 def param_count(cfg: ModelConfig) -> int:
     state = nnx.state(abstract_model(cfg), nnx.Param)
     return sum(int(x.size) for x in jax.tree.leaves(state))
+
+
+def forward(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    tokens: Int[Array, "B T"],
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+) -> Float[Array, "B T V"]:
+    """The pure function that `jax.jit` compiles: params come in as an argument, never closed
+    over, so one compilation serves any weights with the same shapes and shardings."""
+    return nnx.merge(graphdef, state)(tokens, positions, valid)
