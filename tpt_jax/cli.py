@@ -1,0 +1,117 @@
+"""The `tpt` command. User mistakes print one line (`tpt: error: ...`) and exit 2, never a
+traceback; `--debug` shows the traceback for bug reports."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from tpt_jax.api import load
+
+    t0 = time.perf_counter()
+    handle = load(args.src, dtype=args.dtype)
+    if args.to == "hf":
+        out = handle.save_hf(args.dst)
+    else:
+        out = handle.save(args.dst)
+    n = sum(x.size for x in _params(handle))
+    print(f"wrote {args.to} {out} ({n:,} params, {args.dtype}) in {time.perf_counter() - t0:.1f}s")
+
+
+def _params(handle):
+    import jax
+    from flax import nnx
+
+    return jax.tree.leaves(nnx.state(handle.model, nnx.Param))
+
+
+def _top(args: argparse.Namespace) -> None:
+    """Top next tokens after a prompt: the quickest check that a model loaded correctly."""
+    import numpy as np
+
+    from tpt_jax.api import load
+    from tpt_jax.errors import TptError
+
+    handle = load(args.model, dtype=args.dtype)
+    tok = handle.tokenizer
+    if tok is None:
+        raise TptError(f"{args.model}: has no tokenizer files, so text prompts can't be encoded")
+    if args.raw:
+        ids = tok.encode(args.prompt)
+    else:
+        ids = tok.apply_chat_template([{"role": "user", "content": args.prompt}])
+    logits = handle.logits([ids])[0, -1]
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    print(f"{handle.config.family} model, {len(ids)} prompt tokens; top next tokens:")
+    for i in np.argsort(-logits)[: args.k]:
+        print(f"  {int(i):>7d}  p={probs[i]:.4f}  logit={logits[i]:8.3f}  {tok.decode([int(i)])!r}")
+
+
+def _info(args: argparse.Namespace) -> None:
+    import json
+
+    from tpt_jax.api import detect_format, shipped_models
+    from tpt_jax.models.config import preset
+    from tpt_jax.models.transformer import param_count
+
+    if args.model in shipped_models() or "/" in args.model or "." in args.model:
+        from pathlib import Path
+
+        from tpt_jax.api import load
+
+        path = Path(args.model)
+        fmt = detect_format(path) if path.exists() else "shipped"
+        cfg = load(args.model).config
+    else:
+        fmt, cfg = "preset", preset(args.model)
+    print(json.dumps({"format": fmt, "params": param_count(cfg), **cfg.to_hf_config()}, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tpt", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert between HF, GGUF (source only) and Orbax")
+    c.add_argument("src", help="HF directory, .gguf file, tpt_jax checkpoint, or shipped name")
+    c.add_argument("dst", help="output directory")
+    c.add_argument("--to", choices=["hf", "orbax"], default="hf")
+    c.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    c.set_defaults(fn=_convert)
+
+    t = sub.add_parser("top", help="print the most likely next tokens after a prompt")
+    t.add_argument("model")
+    t.add_argument("prompt")
+    t.add_argument("-k", type=int, default=5)
+    t.add_argument("--raw", action="store_true", help="no chat template")
+    t.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    t.set_defaults(fn=_top)
+
+    i = sub.add_parser("info", help="architecture and parameter count of a model or preset")
+    i.add_argument("model")
+    i.set_defaults(fn=_info)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tpt_jax.errors import TptError
+
+    try:
+        args.fn(args)
+    except (TptError, KeyError, OSError) as e:
+        if args.debug:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"tpt: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
