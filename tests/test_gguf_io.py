@@ -288,3 +288,34 @@ def test_unsupported_tensor_type(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedGGUFError, match="IQ4_NL") as err:
         read_gguf(path)
     _assert_one_line(err, path)
+
+
+def test_tiny_llama_sentencepiece_tokenizer_equals_transformers(tmp_path: Path) -> None:
+    """LLaMA-2 style files: SentencePiece pieces + scores, merges recovered from the scores."""
+    transformers = pytest.importorskip("transformers")
+    pieces = ["▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "he", "ll", "▁he", "llo", "▁hello"]
+    pieces += ["▁w", "or", "▁wor", "ld", "▁world", "▁▁"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    path = tmp_path / "spm.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    for add, value in [
+        (w.add_block_count, 1), (w.add_context_length, 128), (w.add_embedding_length, D),
+        (w.add_feed_forward_length, F), (w.add_head_count, N), (w.add_head_count_kv, K),
+        (w.add_layer_norm_rms_eps, 1e-5), (w.add_tokenizer_model, "llama"),
+        (w.add_token_list, tokens), (w.add_token_types, [2, 3, 3] + [6] * 256 + [1] * len(pieces)),
+        (w.add_token_scores, [0.0] * 259 + [-float(i) for i in range(len(pieces))]),
+        (w.add_bos_token_id, 1), (w.add_eos_token_id, 2), (w.add_unk_token_id, 0),
+    ]:  # fmt: skip
+        add(value)
+    w.add_tensor("token_embd.weight", np.zeros((len(tokens), D), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ours = read_gguf(path, load_tensors=False)
+    assert ours.tensors == {} and ours.hf_config["vocab_size"] == len(tokens)
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    for text in ["hello world", " hello  world", "helloworld!", "héllo\nworld 7"]:
+        ids = ours.tokenizer.encode(text, add_special_tokens=True)
+        assert ids == ref.encode(text)  # <s> first: llama.cpp's default for these files
+        assert ours.tokenizer.decode(ids[1:]) == ref.decode(ids[1:])
