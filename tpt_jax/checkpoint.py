@@ -1,0 +1,257 @@
+"""Our own checkpoints: a HF-form config.json plus an Orbax tree of the parameters, committed
+atomically. The only module of the package that imports orbax.
+
+Layout of a checkpoint directory:
+    config.json  the ModelConfig as a HF config.json, plus `tpt_jax_format` and the param dtype
+    params/      Orbax (StandardCheckpointHandler) tree of the `nnx.Param` state as a pure dict
+    tokenizer/   optional: whatever `tokenizer.save_pretrained` writes
+    COMMITTED    written last; a directory without it is never loaded
+
+Everything is written into a hidden temporary sibling, fsync'd, marked, then swapped into place,
+so a crash at any moment leaves the old or the new checkpoint, never a half-written one.
+Restoring builds the abstract model and hands Orbax the target shardings, so each device reads
+only its own shards, on any mesh shape or device count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import glob
+import json
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh
+
+from tpt_jax.errors import CheckpointError
+from tpt_jax.models.config import ModelConfig
+from tpt_jax.models.transformer import Transformer, abstract_model
+from tpt_jax.sharding import SAMPLE_RULES, Rules, make_mesh, state_shardings
+
+FORMAT_VERSION = 1
+FORMAT_KEY = "tpt_jax_format"
+MARKER = "COMMITTED"
+
+
+def save_checkpoint(model: Transformer, directory: str | Path, *, tokenizer: Any = None) -> Path:
+    """Write `model` (and `tokenizer`, if given) as a committed checkpoint at `directory`.
+
+    An existing checkpoint there stays loadable until the new one is complete on disk.
+    """
+    if jax.process_count() > 1:  # the temp name, marker and renames assume one writer
+        raise NotImplementedError("save_checkpoint supports single-process runs only")
+    directory = Path(directory).absolute()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    hf_cfg = _config_json(model)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    occupied = directory.is_file() or (directory.is_dir() and any(directory.iterdir()))
+    if occupied and not is_checkpoint(directory):
+        # Replacing would delete whatever is there: refuse rather than guess it is disposable.
+        raise CheckpointError(f"{directory}: exists and is not a tpt_jax checkpoint; not replacing")
+    _remove_leftovers(directory)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+        checkpointer = _checkpointer()
+        try:
+            checkpointer.save(tmp / "params", args=ocp.args.StandardSave(params))
+        finally:
+            checkpointer.close()
+        if tokenizer is not None:
+            (tmp / "tokenizer").mkdir()
+            tokenizer.save_pretrained(tmp / "tokenizer")
+        # The marker must not reach the disk before the data it vouches for.
+        _fsync_tree(tmp)
+        with open(tmp / MARKER, "w") as f:
+            f.write(f"tpt_jax checkpoint format {FORMAT_VERSION}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync(tmp)
+        _swap_into_place(tmp, directory)
+    finally:
+        # After a swap `tmp` holds the previous checkpoint; after a failure, the partial one.
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def load_checkpoint(
+    directory: str | Path,
+    *,
+    dtype: Any = None,
+    mesh: Mesh | None = None,
+    rules: Rules = SAMPLE_RULES,
+) -> Transformer:
+    """The model in a committed checkpoint, each parameter placed with its sharding on `mesh`
+    (default: one device) and cast to `dtype` (default: the dtype it was saved in)."""
+    directory = Path(directory)
+    hf_cfg = _read_config(directory)
+    try:
+        cfg = ModelConfig.from_hf_config(hf_cfg)
+        dtype = jnp.dtype(dtype if dtype is not None else hf_cfg["dtype"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{directory / 'config.json'}: invalid checkpoint config ({e})"
+        ) from None
+    mesh = mesh or make_mesh((1, 1, 1), jax.devices()[:1])
+    graphdef, abstract = nnx.split(abstract_model(cfg, dtype))
+    shardings = nnx.to_pure_dict(state_shardings(abstract, mesh, rules))
+    # A target dtype other than the stored one makes Orbax cast while reading.
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        nnx.to_pure_dict(abstract),
+        shardings,
+    )
+    checkpointer = _checkpointer()
+    try:
+        restored = checkpointer.restore(directory / "params", args=ocp.args.StandardRestore(target))
+    except Exception as e:  # orbax/tensorstore raise many types; the user needs one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(
+            f"{directory / 'params'}: cannot restore parameters ({type(e).__name__}: {first})"
+        ) from e
+    finally:
+        checkpointer.close()
+    nnx.replace_by_pure_dict(abstract, restored)
+    return nnx.merge(graphdef, abstract)
+
+
+def is_checkpoint(directory: str | Path) -> bool:
+    """Whether `directory` was written by `save_checkpoint` (committed or not: loading an
+    uncommitted one then fails with the reason, instead of being mistaken for a HF directory)."""
+    directory = Path(directory)
+    if (directory / MARKER).is_file():
+        return True
+    try:
+        return FORMAT_KEY in json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def checkpoint_tokenizer_dir(directory: str | Path) -> Path | None:
+    """The tokenizer directory saved with a checkpoint (for `Tokenizer.from_pretrained`)."""
+    path = Path(directory) / "tokenizer"
+    return path if path.is_dir() else None
+
+
+# --- internals ------------------------------------------------------------------------------
+
+
+def _checkpointer() -> ocp.Checkpointer:
+    # The synchronous Checkpointer: StandardCheckpointer saves in a background thread, and the
+    # marker and rename must follow a finished save. Same API in orbax 0.12.4 and 0.12.8.
+    return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+
+
+def _config_json(model: Transformer) -> dict[str, Any]:
+    cfg = model.config
+    hf_cfg = cfg.to_hf_config()
+    if ModelConfig.from_hf_config(hf_cfg) != cfg:  # else we would restore another architecture
+        back = ModelConfig.from_hf_config(hf_cfg)
+        fields = [k for k in cfg.__dataclass_fields__ if getattr(cfg, k) != getattr(back, k)]
+        raise CheckpointError(f"config fields {fields} do not survive config.json; cannot save")
+    dtypes = {np.dtype(x.dtype).name for x in jax.tree.leaves(nnx.state(model, nnx.Param))}
+    if len(dtypes) != 1:  # the restore target is built with one dtype for every parameter
+        raise CheckpointError(f"parameters have mixed dtypes {sorted(dtypes)}; cast them first")
+    (name,) = dtypes
+    return {**hf_cfg, FORMAT_KEY: FORMAT_VERSION, "dtype": name, "torch_dtype": name}
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    if not directory.is_dir():
+        backups = [p for p in _siblings(directory, "old") if (p / MARKER).is_file()]
+        hint = f"; an interrupted save left the previous one at {backups[0]}" if backups else ""
+        raise CheckpointError(f"{directory}: checkpoint directory not found{hint}")
+    if not (directory / MARKER).is_file():
+        raise CheckpointError(
+            f"{directory}: no {MARKER} marker, the checkpoint is incomplete (interrupted save?)"
+        )
+    path = directory / "config.json"
+    try:
+        hf_cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint config ({e})") from None
+    if not isinstance(hf_cfg, dict) or FORMAT_KEY not in hf_cfg:
+        raise CheckpointError(f"{path}: not a tpt_jax checkpoint config (no {FORMAT_KEY!r})")
+    if hf_cfg[FORMAT_KEY] != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported {FORMAT_KEY} {hf_cfg[FORMAT_KEY]!r}")
+    return hf_cfg
+
+
+def _siblings(directory: Path, kind: str) -> list[Path]:
+    pattern = f".{glob.escape(directory.name)}.{kind}-*"
+    return sorted(directory.parent.glob(pattern))
+
+
+def _remove_leftovers(directory: Path) -> None:
+    # Temporary siblings left by a crashed save are garbage once `directory` holds a committed
+    # checkpoint; without one, an `.old-` sibling may be the only complete copy, so keep it.
+    if (directory / MARKER).is_file():
+        for path in _siblings(directory, "tmp") + _siblings(directory, "old"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _swap_into_place(tmp: Path, directory: Path) -> None:
+    """Move the complete `tmp` to `directory`; on return the previous content is at `tmp`."""
+    if not directory.exists():
+        os.rename(tmp, directory)
+    elif not _exchange(tmp, directory):
+        # Two renames: between them `directory` is missing but the old copy is complete at
+        # `old`, and load_checkpoint's error points there.
+        old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(directory, old)
+        os.rename(tmp, directory)
+        os.rename(old, tmp)
+    _fsync(directory.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    if sys.platform != "linux":
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28 or another libc
+        return False
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # kernel or filesystem lacks it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(dirpath) / name)
+        _fsync(Path(dirpath))
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # directories cannot be opened on some platforms; nothing to sync there
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
