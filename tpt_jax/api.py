@@ -131,7 +131,12 @@ def load(
         g = read_gguf(path)
         cfg = ModelConfig.from_hf_config(g.hf_config)
         model = hf_io.build_model(
-            cfg, g.tensors.__getitem__, set(g.tensors), dtype=jdtype, mesh=mesh, rules=rules,
+            cfg,
+            g.tensors.__getitem__,
+            set(g.tensors),
+            dtype=jdtype,
+            mesh=mesh,
+            rules=rules,
             where=lambda key: str(path),
         )
         tok = g.tokenizer

@@ -54,21 +54,18 @@ def _top(args: argparse.Namespace) -> None:
 
 def _info(args: argparse.Namespace) -> None:
     import json
+    from pathlib import Path
 
-    from tpt_jax.api import detect_format, shipped_models
-    from tpt_jax.models.config import preset
+    from tpt_jax.api import detect_format, load
+    from tpt_jax.models.config import PRESETS
     from tpt_jax.models.transformer import param_count
 
-    if args.model in shipped_models() or "/" in args.model or "." in args.model:
-        from pathlib import Path
-
-        from tpt_jax.api import load
-
+    if args.model in PRESETS and not Path(args.model).exists():
+        fmt, cfg = "preset", PRESETS[args.model]  # shapes only: nothing is allocated
+    else:
         path = Path(args.model)
         fmt = detect_format(path) if path.exists() else "shipped"
         cfg = load(args.model).config
-    else:
-        fmt, cfg = "preset", preset(args.model)
     print(json.dumps({"format": fmt, "params": param_count(cfg), **cfg.to_hf_config()}, indent=2))
 
 

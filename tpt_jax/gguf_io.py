@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tpt_jax.models.config import UnsupportedModelError
+from tpt_jax.errors import CheckpointError, UnsupportedModelError
 from tpt_jax.tokenizer import (
     Tokenizer,
     add_vocab_tokens,
@@ -83,7 +83,7 @@ _NAMES = {
 }
 
 
-class GGUFError(ValueError):
+class GGUFError(CheckpointError):
     """The file is not a readable GGUF file (wrong magic, truncated, corrupt)."""
 
 

@@ -177,4 +177,6 @@ def _write_shards(directory: Path, tensors: dict[str, np.ndarray], max_bytes: in
 
 
 def _torch_dtype_name(dtype: np.dtype) -> str:
-    return {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[np.dtype(dtype).name]
+    return {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[
+        np.dtype(dtype).name
+    ]

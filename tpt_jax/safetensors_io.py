@@ -80,7 +80,10 @@ class SafetensorsFile:
         if not shape or 0 in shape:
             return np.zeros(shape, dtype)
         return np.memmap(
-            self.path, dtype=dtype, mode="r", offset=self._data_start + e["data_offsets"][0],
+            self.path,
+            dtype=dtype,
+            mode="r",
+            offset=self._data_start + e["data_offsets"][0],
             shape=shape,
         )
 
@@ -95,7 +98,9 @@ def write_safetensors(
         if t.dtype not in _NAMES:
             raise TypeError(f"cannot write dtype {t.dtype} of tensor {name!r}")
         header[name] = {
-            "dtype": _NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]
+            "dtype": _NAMES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + t.nbytes],
         }
         offset += t.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()

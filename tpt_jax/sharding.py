@@ -87,5 +87,7 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = TRAIN_RULES) ->
 
 def batch_sharding(mesh: Mesh, batch_size: int, ndim: int = 2) -> NamedSharding:
     """Rows over (data, fsdp) where they divide; other dimensions replicated."""
-    spec = logical_to_spec(("batch",) + (None,) * (ndim - 1), (batch_size,) + (1,) * (ndim - 1), mesh)
+    spec = logical_to_spec(
+        ("batch",) + (None,) * (ndim - 1), (batch_size,) + (1,) * (ndim - 1), mesh
+    )
     return NamedSharding(mesh, spec)

@@ -57,7 +57,9 @@ class Transformer(nnx.Module):
         v, d = cfg.vocab_size, cfg.hidden_size
         self.config = cfg
         self.embed_tokens = param(rngs, (v, d), ("vocab", "embed"), dtype)
-        self.layers = nnx.List([Block(cfg, i, rngs=rngs, dtype=dtype) for i in range(cfg.num_layers)])
+        self.layers = nnx.List(
+            [Block(cfg, i, rngs=rngs, dtype=dtype) for i in range(cfg.num_layers)]
+        )
         self.norm = RMSNorm(d, cfg.rms_norm_eps, cfg.norm_plus_one, rngs=rngs, dtype=dtype)
         if not cfg.tie_embeddings:
             self.lm_head = param(rngs, (v, d), ("vocab", "embed"), dtype)
