@@ -236,7 +236,12 @@ def test_tiny_llama_every_tensor_type(tmp_path: Path) -> None:
     cfg = ModelConfig.from_hf_config(m.hf_config)
     assert not cfg.tie_embeddings  # output.weight is present
     assert (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size) == (N, K, H, 97)
-    assert m.tokenizer.encode("hello") == [96, 77, 77, 80]  # "he" merged, then l l o
+    assert m.tokenizer.encode("hello", add_special_tokens=False) == [
+        96,
+        77,
+        77,
+        80,
+    ]  # "he" merged, then l l o
     assert m.tokenizer.stop_token_ids == (1, 0)
 
 

@@ -1,9 +1,11 @@
 """Logit parity with transformers (float32) and bit-exact HF → tpt_jax → HF round trips."""
 
+import copy
 import dataclasses
 
 import numpy as np
 import pytest
+import torch
 import transformers
 from hf_tiny import CONFIGS, SEQ, hf_logits, make_hf_model
 
@@ -123,3 +125,22 @@ def test_left_padding_matches_unpadded(pair):
 def test_dataclass_is_frozen(pair):
     with pytest.raises(dataclasses.FrozenInstanceError):
         pair[3].config.vocab_size = 1
+
+
+def test_bfloat16_load_stays_close_to_float32(pair):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    _, hf, src, _ = pair
+    model = load_hf_dir(src, dtype=jnp.bfloat16)
+    import jax
+
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {
+        jnp.dtype(jnp.bfloat16)
+    }
+    toks = tokens()
+    ref = hf_logits(hf, toks)
+    ours_err = rel_err(model(toks), ref)
+    hf_err = rel_err(hf_logits(copy.deepcopy(hf).to(torch.bfloat16), toks), ref)
+    # bf16 rounding shows, and by no more than it does in transformers' own bf16 model
+    assert TOL < ours_err < 2 * hf_err + 1e-3, (ours_err, hf_err)

@@ -4,6 +4,7 @@ traceback; `--debug` shows the traceback for bug reports."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -98,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tpt_jax.errors import TptError
+
+    if os.environ.get("TPT_MULTIHOST") == "1":  # set by launch/*.sh on every host of a slice
+        import jax
+
+        jax.distributed.initialize()
 
     try:
         args.fn(args)
