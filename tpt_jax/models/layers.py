@@ -6,6 +6,7 @@ logical axis names (`logical_axes` metadata) that `tpt_jax.sharding` maps onto t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -117,6 +118,27 @@ def attend(
     return out.reshape(b, t, n, h)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LayerCache:
+    """One layer's keys and values for S slots, with the slot positions and validity shared by
+    all layers; `start` is the slot where the tokens of this call are written."""
+
+    k: Float[Array, "B S K H"]
+    v: Float[Array, "B S K H"]
+    positions: Int[Array, "B S"]
+    valid: Bool[Array, "B S"]
+    start: Int[Array, ""]
+
+    def write(self, k: Float[Array, "B T K H"], v: Float[Array, "B T K H"]) -> LayerCache:
+        at = (0, self.start, 0, 0)
+        return dataclasses.replace(
+            self,
+            k=jax.lax.dynamic_update_slice(self.k, k.astype(self.k.dtype), at),
+            v=jax.lax.dynamic_update_slice(self.v, v.astype(self.v.dtype), at),
+        )
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -149,12 +171,25 @@ class Attention(nnx.Module):
         return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
 
     def __call__(
-        self, x: Float[Array, "B T D"], positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
-    ) -> Float[Array, "B T D"]:
+        self,
+        x: Float[Array, "B T D"],
+        positions: Int[Array, "B T"],
+        valid: Bool[Array, "B T"],
+        cache: LayerCache | None = None,
+    ) -> tuple[Float[Array, "B T D"], LayerCache | None]:
+        """Attention over the new tokens alone, or (with `cache`) over every cached token too.
+
+        A cache's slot positions and validity are already updated for the new tokens; this layer
+        writes its keys and values at `cache.start` and attends by position, which makes sliding
+        windows exact however long the cache grows.
+        """
         q, k, v = self.project_qkv(x, positions)
-        mask = attention_mask(positions, positions, valid, self.window)
-        out = attend(q, k, v, mask, self.scale, self.cap)
-        return self.output(out)
+        if cache is None:
+            mask = attention_mask(positions, positions, valid, self.window)
+            return self.output(attend(q, k, v, mask, self.scale, self.cap)), None
+        cache = cache.write(k, v)
+        mask = attention_mask(positions, cache.positions, cache.valid, self.window)
+        return self.output(attend(q, cache.k, cache.v, mask, self.scale, self.cap)), cache
 
     def output(self, attn: Float[Array, "B T N H"]) -> Float[Array, "B T D"]:
         return jnp.einsum("BTNH,NHD->BTD", attn, self.o_proj[...])

@@ -6,6 +6,7 @@ the HF name table in `tpt_jax.hf_io` is a rename plus a reshape.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -14,7 +15,33 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from tpt_jax.models.config import ModelConfig
-from tpt_jax.models.layers import MLP, Attention, RMSNorm, param, softcap
+from tpt_jax.models.layers import MLP, Attention, LayerCache, RMSNorm, param, softcap
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """Keys and values of every layer for B rows and S slots; a slot is usable when `valid`."""
+
+    k: tuple[Float[Array, "B S K H"], ...]
+    v: tuple[Float[Array, "B S K H"], ...]
+    positions: Int[Array, "B S"]
+    valid: Bool[Array, "B S"]
+
+    @staticmethod
+    def empty(cfg: ModelConfig, batch: int, slots: int, dtype: Any = jnp.float32) -> KVCache:
+        shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
+        layers = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))  # noqa: E731
+        return KVCache(
+            layers(),
+            layers(),
+            jnp.zeros((batch, slots), jnp.int32),
+            jnp.zeros((batch, slots), bool),
+        )
+
+    def repeat_rows(self, n: int) -> KVCache:
+        """Each row n times in a row (row b → rows b*n .. b*n+n-1): n samples share a prefill."""
+        return jax.tree.map(lambda a: jnp.repeat(a, n, axis=0), self)
 
 
 class Block(nnx.Module):
@@ -36,18 +63,19 @@ class Block(nnx.Module):
         self.post_norms = cfg.post_norms
 
     def __call__(
-        self, x: Float[Array, "B T D"], positions: Int[Array, "B T"], valid: Bool[Array, "B T"]
-    ) -> Float[Array, "B T D"]:
-        attn = self.self_attn(self.input_layernorm(x), positions, valid)
-        return self.residual_mlp(x, attn)
-
-    def residual_mlp(self, x: Float[Array, "B T D"], attn: Float[Array, "B T D"]) -> Array:
-        """Everything after the attention output: shared by the full and the cached pass."""
+        self,
+        x: Float[Array, "B T D"],
+        positions: Int[Array, "B T"],
+        valid: Bool[Array, "B T"],
+        cache: LayerCache | None = None,
+    ) -> tuple[Float[Array, "B T D"], LayerCache | None]:
+        attn, cache = self.self_attn(self.input_layernorm(x), positions, valid, cache)
         if not self.post_norms:
             h = x + attn
-            return h + self.mlp(self.post_attention_layernorm(h))
+            return h + self.mlp(self.post_attention_layernorm(h)), cache
         h = x + self.post_attention_layernorm(attn)
-        return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+        out = h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+        return out, cache
 
 
 class Transformer(nnx.Module):
@@ -90,8 +118,37 @@ class Transformer(nnx.Module):
             positions = jnp.cumsum(valid, axis=-1) - 1
         x = self.embed(tokens)
         for block in self.layers:
-            x = block(x, positions, valid)
+            x, _ = block(x, positions, valid)
         return self.unembed(x)
+
+    def extend(
+        self,
+        tokens: Int[Array, "B T"],
+        positions: Int[Array, "B T"],
+        valid: Bool[Array, "B T"],
+        cache: KVCache,
+        start: Int[Array, ""],
+        last_only: bool = False,
+    ) -> tuple[Float[Array, "B T V"], KVCache]:
+        """Run T new tokens against a KV cache, writing them into slots start..start+T-1.
+
+        Prefill is `extend` of the whole (left-padded) prompt at slot 0; each decode step is
+        `extend` of one token. `last_only` unembeds just the final position: a prefill needs
+        one row of logits, not T rows of a 256k vocabulary.
+        """
+        at = (0, start)
+        slot_pos = jax.lax.dynamic_update_slice(cache.positions, positions.astype(jnp.int32), at)
+        slot_valid = jax.lax.dynamic_update_slice(cache.valid, valid, at)
+        x = self.embed(tokens)
+        ks, vs = [], []
+        for i, block in enumerate(self.layers):
+            layer = LayerCache(cache.k[i], cache.v[i], slot_pos, slot_valid, start)
+            x, layer = block(x, positions, valid, layer)
+            ks.append(layer.k)
+            vs.append(layer.v)
+        if last_only:
+            x = x[:, -1:]
+        return self.unembed(x), KVCache(tuple(ks), tuple(vs), slot_pos, slot_valid)
 
 
 def init_model(cfg: ModelConfig, seed: int = 0, dtype: Any = jnp.float32) -> Transformer:
