@@ -26,6 +26,7 @@ LAYERS = {  # DESIGN.md's module map
     "tpt_jax.hf_io": 3,
     "tpt_jax.gguf_io": 3,
     "tpt_jax.checkpoint": 3,
+    "tpt_jax.sampler": 3,
     "tpt_jax.api": 4,
     "tpt_jax.cli": 6,
 }

@@ -17,6 +17,7 @@ from tpt_jax import checkpoint, hf_io
 from tpt_jax.errors import CheckpointError, TptError
 from tpt_jax.models.config import ModelConfig
 from tpt_jax.models.transformer import Transformer, forward
+from tpt_jax.sampler import Sample, Sampler, SamplingParams, left_pad
 from tpt_jax.sharding import SAMPLE_RULES, batch_sharding, make_mesh
 from tpt_jax.tokenizer import Tokenizer
 
@@ -84,6 +85,46 @@ class ModelHandle:
         fn = self._compiled_forward(batch_sharding(self.mesh, tokens.shape[0]))
         return np.asarray(fn(self._split[1], tokens, positions, valid))
 
+    @functools.cached_property
+    def sampler(self) -> Sampler:
+        stops = self.tokenizer.stop_token_ids if self.tokenizer else self.config.eos_token_ids
+        pad = self.config.pad_token_id
+        return Sampler(self.model, self.mesh, stop_ids=stops, pad_id=0 if pad is None else pad)
+
+    def encode_prompt(self, prompt: Any) -> list[int]:
+        """Token ids from ids, a chat (list of {"role", "content"} dicts) or plain text."""
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], dict)):
+            if self.tokenizer is None:
+                raise TptError(f"{self.source}: has no tokenizer, so give prompts as token ids")
+            if isinstance(prompt, str):
+                return self.tokenizer.encode(prompt)
+            return self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True)
+        return [int(t) for t in prompt]
+
+    def generate(
+        self,
+        prompts: list[Any],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        n: int = 1,
+        seed: int = 0,
+        logprobs: bool = False,
+    ) -> list[list[Sample]]:
+        """`n` samples per prompt; a prompt is a token-id list, a chat message list or text.
+        Each `Sample` has `.tokens` (ending with the stop token when it stopped), `.text`
+        (decoded without the stop token, when there is a tokenizer) and `.finish_reason`."""
+        params = SamplingParams(max_new_tokens, temperature, top_k, top_p, n, seed, logprobs)
+        results = self.sampler.generate([self.encode_prompt(p) for p in prompts], params)
+        if self.tokenizer is not None:
+            for samples in results:
+                for sample in samples:
+                    body = sample.tokens[:-1] if sample.finish_reason == "stop" else sample.tokens
+                    sample.text = self.tokenizer.decode(body)
+        return results
+
     def save_hf(self, directory: str | Path, dtype: str | None = None) -> Path:
         return hf_io.save_hf_dir(self.model, directory, tokenizer=self.tokenizer, dtype=dtype)
 
@@ -95,13 +136,7 @@ def _left_pad(token_ids: Any) -> tuple[np.ndarray, np.ndarray]:
     rows = [np.asarray(r, dtype=np.int32).reshape(-1) for r in token_ids]
     if not rows or min(len(r) for r in rows) == 0:
         raise TptError("logits() needs at least one non-empty row of token ids")
-    width = max(len(r) for r in rows)
-    tokens = np.zeros((len(rows), width), np.int32)
-    valid = np.zeros((len(rows), width), bool)
-    for i, r in enumerate(rows):
-        tokens[i, width - len(r) :] = r
-        valid[i, width - len(r) :] = True
-    return tokens, valid
+    return left_pad(rows, max(len(r) for r in rows))
 
 
 def load(

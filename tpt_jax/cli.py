@@ -53,6 +53,51 @@ def _top(args: argparse.Namespace) -> None:
         print(f"  {int(i):>7d}  p={probs[i]:.4f}  logit={logits[i]:8.3f}  {tok.decode([int(i)])!r}")
 
 
+def _generate(args: argparse.Namespace) -> None:
+    """Answer one prompt; a single sample streams its text as tokens are produced."""
+    from tpt_jax.api import load
+    from tpt_jax.sampler import SamplingParams
+
+    handle = load(args.model, dtype=args.dtype)
+    prompt = args.prompt if args.raw else [{"role": "user", "content": args.prompt}]
+    ids = handle.encode_prompt(prompt)
+    params = SamplingParams(
+        args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.n, args.seed
+    )
+    t0 = time.perf_counter()
+    if args.n == 1 and handle.tokenizer is not None:
+        tokens: list[int] = []
+        shown = ""
+        stops = set(handle.sampler.stop_ids)
+        for token in handle.sampler.stream(ids, params):
+            if token in stops:
+                break
+            tokens.append(token)
+            text = handle.tokenizer.decode(tokens)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                print(text[len(shown) :], end="", flush=True)
+                shown = text
+        print(text[len(shown) :] if tokens else "", flush=True)
+        counts = [len(tokens)]
+    else:
+        samples = handle.generate([ids], **_sampling_kwargs(args))[0]
+        for i, s in enumerate(samples):
+            print(f"--- sample {i} ({s.finish_reason}, {s.length} tokens)")
+            print(s.text if s.text is not None else s.tokens)
+        counts = [s.length for s in samples]
+    seconds = time.perf_counter() - t0
+    print(
+        f"[{sum(counts)} tokens in {seconds:.1f}s incl. compilation, "
+        f"{sum(counts) / seconds:.1f} tok/s]",
+        file=sys.stderr,
+    )
+
+
+def _sampling_kwargs(args: argparse.Namespace) -> dict:
+    keys = ("max_new_tokens", "temperature", "top_p", "top_k", "n", "seed")
+    return {k: getattr(args, k) for k in keys}
+
+
 def _info(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
@@ -89,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--raw", action="store_true", help="no chat template")
     t.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     t.set_defaults(fn=_top)
+
+    g = sub.add_parser("generate", help="answer a prompt (one sample streams as it is made)")
+    g.add_argument("model")
+    g.add_argument("prompt")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--n", type=int, default=1, help="samples")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--raw", action="store_true", help="no chat template")
+    g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    g.set_defaults(fn=_generate)
 
     i = sub.add_parser("info", help="architecture and parameter count of a model or preset")
     i.add_argument("model")

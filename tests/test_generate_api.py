@@ -1,0 +1,60 @@
+"""`ModelHandle.generate` and `tpt generate` on the shipped SmolLM2-135M-Instruct."""
+
+import jax
+import pytest
+
+import tpt_jax
+from tpt_jax.cli import main
+from tpt_jax.errors import TptError
+from tpt_jax.sharding import make_mesh
+
+QUESTION = "What is 12 times 7?"
+
+
+@pytest.fixture(scope="module")
+def handle():
+    return tpt_jax.load("smollm2", mesh=make_mesh((1, 1, 1), jax.devices()[:1]))
+
+
+def test_prompts_as_chat_ids_and_text_agree(handle):
+    chat = [{"role": "user", "content": QUESTION}]
+    ids = handle.tokenizer.apply_chat_template(chat, add_generation_prompt=True)
+    out = handle.generate([chat, ids], max_new_tokens=12, temperature=0)
+    first, second = out[0][0], out[1][0]
+    assert first.tokens == second.tokens and len(first.tokens) > 0
+    body = first.tokens[:-1] if first.finish_reason == "stop" else first.tokens
+    assert first.text == handle.tokenizer.decode(body) and first.text.strip()
+
+
+def test_n_samples_stop_tokens_and_text(handle):
+    chat = [{"role": "user", "content": QUESTION}]
+    (samples,) = handle.generate([chat], max_new_tokens=40, temperature=1.0, n=4, seed=3)
+    assert len(samples) == 4
+    assert len({tuple(s.tokens) for s in samples}) > 1  # sampling, not four copies
+    stops = set(handle.sampler.stop_ids)
+    for s in samples:
+        assert s.finish_reason in ("stop", "length")
+        if s.finish_reason == "stop":
+            assert s.tokens[-1] in stops and not set(s.tokens[:-1]) & stops
+            assert s.text == handle.tokenizer.decode(s.tokens[:-1])
+        else:
+            assert len(s.tokens) == 40 and not set(s.tokens) & stops
+    again = handle.generate([chat], max_new_tokens=40, temperature=1.0, n=4, seed=3)[0]
+    assert [s.tokens for s in again] == [s.tokens for s in samples]
+
+
+def test_bad_sampling_values_are_errors(handle):
+    with pytest.raises(TptError, match="top_p"):
+        handle.generate([[1, 2]], top_p=0.0)
+    with pytest.raises(TptError, match="n must"):
+        handle.generate([[1, 2]], n=0)
+
+
+def test_cli_generate_streams_the_greedy_answer(handle, capsys):
+    expected = handle.generate(
+        [[{"role": "user", "content": QUESTION}]], max_new_tokens=16, temperature=0
+    )[0][0].text
+    assert main(["generate", "smollm2", QUESTION, "--max-new-tokens", "16"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == expected.strip()
+    assert "tok/s" in err
