@@ -106,7 +106,7 @@ def sample_logits(
     else:
         probs = jax.nn.softmax(scaled, axis=-1)
         in_candidates = jnp.take_along_axis(probs, idx, axis=-1)
-        enough = jnp.sum(in_candidates, axis=-1) >= top_p
+        enough = (jnp.sum(in_candidates, axis=-1) >= top_p) & (top_p < 1.0)  # 1: no nucleus
         token = _draw(keys, *_nucleus(vals, in_candidates, idx, top_p))
         full = jax.lax.cond(
             jnp.all(enough),
