@@ -51,10 +51,10 @@ def test_bad_sampling_values_are_errors(handle):
 
 
 def test_cli_generate_streams_the_greedy_answer(handle, capsys):
-    expected = handle.generate(
-        [[{"role": "user", "content": QUESTION}]], max_new_tokens=16, temperature=0
-    )[0][0].text
+    chat = [{"role": "user", "content": QUESTION}]
+    expected = handle.generate([chat], max_new_tokens=16, temperature=0)[0][0]
     assert main(["generate", "smollm2", QUESTION, "--max-new-tokens", "16"]) == 0
     out, err = capsys.readouterr()
-    assert out.strip() == expected.strip()
-    assert "tok/s" in err
+    assert out.strip() == expected.text.strip()
+    cut = int(expected.finish_reason == "length")
+    assert "tok/s" in err and f"{cut} of 1 answers cut at --max-new-tokens 16" in err

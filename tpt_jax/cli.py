@@ -69,8 +69,10 @@ def _generate(args: argparse.Namespace) -> None:
         tokens: list[int] = []
         shown = ""
         stops = set(handle.sampler.stop_ids)
+        reasons = ["length"]
         for token in handle.sampler.stream(ids, params):
             if token in stops:
+                reasons = ["stop"]
                 break
             tokens.append(token)
             text = handle.tokenizer.decode(tokens)
@@ -85,10 +87,13 @@ def _generate(args: argparse.Namespace) -> None:
             print(f"--- sample {i} ({s.finish_reason}, {s.length} tokens)")
             print(s.text if s.text is not None else s.tokens)
         counts = [s.length for s in samples]
+        reasons = [s.finish_reason for s in samples]
     seconds = time.perf_counter() - t0
+    cut = reasons.count("length")
     print(
         f"[{sum(counts)} tokens in {seconds:.1f}s incl. compilation, "
-        f"{sum(counts) / seconds:.1f} tok/s]",
+        f"{sum(counts) / seconds:.1f} tok/s; {cut} of {len(reasons)} answers cut at "
+        f"--max-new-tokens {args.max_new_tokens}]",
         file=sys.stderr,
     )
 
