@@ -120,6 +120,17 @@ def _info(args: argparse.Namespace) -> None:
     print(json.dumps({"format": fmt, "params": param_count(cfg), **cfg.to_hf_config()}, indent=2))
 
 
+def _prompt_command(sub, name: str, help: str, fn) -> argparse.ArgumentParser:
+    """A subcommand taking MODEL and a prompt (chat-templated unless --raw)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("model", help="HF directory, .gguf file, tpt_jax checkpoint, or shipped name")
+    p.add_argument("prompt")
+    p.add_argument("--raw", action="store_true", help="no chat template")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.set_defaults(fn=fn)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tpt", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -132,26 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     c.set_defaults(fn=_convert)
 
-    t = sub.add_parser("top", help="print the most likely next tokens after a prompt")
-    t.add_argument("model")
-    t.add_argument("prompt")
+    t = _prompt_command(sub, "top", "print the most likely next tokens after a prompt", _top)
     t.add_argument("-k", type=int, default=5)
-    t.add_argument("--raw", action="store_true", help="no chat template")
-    t.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    t.set_defaults(fn=_top)
 
-    g = sub.add_parser("generate", help="answer a prompt (one sample streams as it is made)")
-    g.add_argument("model")
-    g.add_argument("prompt")
+    g = _prompt_command(sub, "generate", "answer a prompt (one sample streams as made)", _generate)
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--n", type=int, default=1, help="samples")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--raw", action="store_true", help="no chat template")
-    g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    g.set_defaults(fn=_generate)
 
     i = sub.add_parser("info", help="architecture and parameter count of a model or preset")
     i.add_argument("model")
