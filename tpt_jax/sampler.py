@@ -94,9 +94,17 @@ def sample_logits(
     Top-p without top-k looks among the `NUCLEUS_CANDIDATES` best tokens (`lax.top_k`, no sort
     of the vocabulary); a row whose candidates hold less mass than top_p falls back to the whole
     vocabulary, so the result is exact. Each row's outcome depends only on its own logits and
-    key, never on the other rows of the batch.
+    key, never on the other rows of the batch. At temperature 0 none of that work runs.
     """
     logits = logits.astype(jnp.float32)
+    return jax.lax.cond(
+        temperature == 0,
+        lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32),
+        lambda: _sample(logits, keys, temperature, top_p, top_k).astype(jnp.int32),
+    )
+
+
+def _sample(logits: Array, keys: Array, temperature: Array, top_p: Array, top_k: int) -> Array:
     scaled = logits / jnp.maximum(temperature, 1e-6)
     vocab = logits.shape[-1]
     width = top_k or min(vocab, NUCLEUS_CANDIDATES)
@@ -114,7 +122,7 @@ def sample_logits(
             lambda: _whole_vocabulary(keys, scaled, probs, top_p),
         )
         token = jnp.where(enough, token, full)
-    return jnp.where(temperature == 0, jnp.argmax(logits, axis=-1), token)
+    return token
 
 
 def _nucleus(vals: Array, probs: Array, idx: Array, top_p: Array) -> tuple[Array, Array]:
@@ -133,8 +141,16 @@ def _whole_vocabulary(keys: Array, scaled: Array, probs: Array, top_p: Array) ->
         vals, idx = jax.lax.top_k(scaled, scaled.shape[-1])
         return _draw(keys, *_nucleus(vals, jnp.take_along_axis(probs, idx, -1), idx, top_p))
 
-    plain = lambda: jax.vmap(jax.random.categorical)(keys, scaled)  # noqa: E731
-    return jax.lax.cond(top_p >= 1.0, plain, sort_and_cut)
+    return jax.lax.cond(top_p >= 1.0, lambda: _inverse_cdf(keys, probs), sort_and_cut)
+
+
+def _inverse_cdf(keys: Array, probs: Float[Array, "B V"]) -> Int[Array, " B"]:
+    """Exact sampling from the full softmax with one uniform number per row: a Gumbel draw
+    would need B x V random numbers every step, which dominates a CPU decode step."""
+    u = jax.vmap(lambda k: jax.random.uniform(k, dtype=jnp.float32))(keys)
+    cdf = jnp.cumsum(probs, axis=-1)
+    token = jnp.sum(cdf < u[:, None] * cdf[:, -1:], axis=-1)
+    return jnp.minimum(token, probs.shape[-1] - 1).astype(jnp.int32)
 
 
 @jax.tree_util.register_dataclass
