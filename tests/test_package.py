@@ -17,6 +17,7 @@ from tpt_jax.sharding import TRAIN_RULES, make_mesh
 LAYERS = {  # DESIGN.md's module map
     "tpt_jax.errors": 0,
     "tpt_jax.models.config": 0,
+    "tpt_jax.grading": 0,
     "tpt_jax.sharding": 1,
     "tpt_jax.safetensors_io": 1,
     "tpt_jax.tokenizer": 1,
