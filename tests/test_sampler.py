@@ -568,3 +568,17 @@ def test_stream_equals_generate(tiny):
     for params in (greedy, SamplingParams(max_new_tokens=12, temperature=1.0, seed=4)):
         (sample,) = sampler.generate([prompt], params)[0]
         assert list(sampler.stream(prompt, params)) == sample.tokens
+
+
+def test_repeated_streams_do_not_recompile(tiny):
+    from tpt_jax import sampler as sampler_module
+
+    _, _, model = tiny("llama_tied")
+    sampler = Sampler(model, one_device(), stop_ids=[NEVER])
+    params = SamplingParams(max_new_tokens=6, temperature=0)
+    list(sampler.stream(random_prompts([5], seed=1)[0], params))
+    before = sampler_module._stream_step._cache_size(), sampler_module._stream_start._cache_size()
+    for seed, length in ((2, 3), (3, 9), (4, 14)):  # same 16-token bucket, new contents
+        list(sampler.stream(random_prompts([length], seed=seed)[0], params))
+    after = sampler_module._stream_step._cache_size(), sampler_module._stream_start._cache_size()
+    assert after == before

@@ -262,6 +262,21 @@ def _generate(
     return jax.lax.while_loop(more, body, state)
 
 
+# Streaming drives these from Python one step at a time; module-level jits with static
+# (graphdef, st, width) compile once per bucket, however many times stream() is called.
+@functools.partial(jax.jit, static_argnames=("graphdef", "st"))
+def _stream_start(params, tokens, valid, *, graphdef: nnx.GraphDef, st: _Static) -> DecodeState:
+    return prefill(nnx.merge(graphdef, params), tokens, valid, st)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "st", "width"), donate_argnames=("state",))
+def _stream_step(
+    params, state, keys, limits, temperature, top_p, *, graphdef, st: _Static, width: int
+) -> DecodeState:
+    model = nnx.merge(graphdef, params)
+    return decode_step(model, state, keys, limits, temperature, top_p, width, st)
+
+
 def left_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int = 0) -> tuple[Any, Any]:
     """Right-align each row in `width` columns: (tokens [B, width], valid [B, width])."""
     tokens = np.full((len(rows), width), pad_id, np.int32)
@@ -394,18 +409,13 @@ class Sampler:
         st, batch, tokens, valid, row_keys, limits = self._prepare([prompt], params)
         width = tokens.shape[1]
 
-        def start(params_, tokens_, valid_):
-            return prefill(nnx.merge(self.graphdef, params_), tokens_, valid_, st)
-
-        def step(params_, s, keys, limits_, temperature, top_p):
-            model = nnx.merge(self.graphdef, params_)
-            return decode_step(model, s, keys, limits_, temperature, top_p, width, st)
-
-        state = jax.jit(start)(self.params, tokens, valid)
-        step_fn = jax.jit(step, donate_argnums=1)
+        static = dict(graphdef=self.graphdef, st=st)
+        state = _stream_start(self.params, tokens, valid, **static)
         temperature, top_p = jnp.float32(params.temperature), jnp.float32(params.top_p)
         while True:
-            state = step_fn(self.params, state, row_keys, limits, temperature, top_p)
+            state = _stream_step(
+                self.params, state, row_keys, limits, temperature, top_p, width=width, **static
+            )
             row = int(state.step) - 1
             if not bool(state.done[0]) or int(state.count[0]) > row:
                 yield int(state.tokens[0, row])
