@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tpt_jax import checkpoint, hf_io
 from tpt_jax.errors import CheckpointError, TptError
 from tpt_jax.models.config import ModelConfig
-from tpt_jax.models.transformer import Transformer, forward
+from tpt_jax.models.transformer import Transformer, forward, positions_from_valid
 from tpt_jax.sampler import Sample, Sampler, SamplingParams, left_pad
 from tpt_jax.sharding import SAMPLE_RULES, batch_sharding, make_mesh
 from tpt_jax.tokenizer import Tokenizer
@@ -81,7 +81,7 @@ class ModelHandle:
         """Next-token logits [B, T, V] (float32 NumPy). Ragged rows are left-padded, so row b's
         logits sit in its last len(row b) positions."""
         tokens, valid = _left_pad(token_ids)
-        positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
+        positions = np.asarray(positions_from_valid(valid))  # host data, placed by the jit
         fn = self._compiled_forward(batch_sharding(self.mesh, tokens.shape[0]))
         return np.asarray(fn(self._split[1], tokens, positions, valid))
 

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, Int
 
 from tpt_jax.errors import TptError
-from tpt_jax.models.transformer import KVCache, Transformer
+from tpt_jax.models.transformer import KVCache, Transformer, positions_from_valid
 from tpt_jax.sharding import batch_sharding
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -185,7 +185,7 @@ def prefill(
 ) -> DecodeState:
     """One pass over the left-padded prompts, then each row's cache copied to its n samples."""
     b, width = tokens.shape
-    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
+    positions = positions_from_valid(valid)
     dtype = model.embed_tokens[...].dtype
     cache = KVCache.empty(model.config, b, width + st.max_new, dtype)
     logits, cache = model.extend(tokens, positions, valid, cache, jnp.int32(0), last_only=True)

@@ -44,6 +44,12 @@ class KVCache:
         return jax.tree.map(lambda a: jnp.repeat(a, n, axis=0), self)
 
 
+def positions_from_valid(valid: Bool[Array, "B T"]) -> Int[Array, "B T"]:
+    """Per-row positions of left-padded tokens: 0 at each row's first real token (padding gets
+    0 too; the mask hides it). One rule for the forward pass, `logits()` and the sampler."""
+    return jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0).astype(jnp.int32)
+
+
 class Block(nnx.Module):
     """Pre-norm residual block; Gemma adds norms after attention and MLP (`post_norms`)."""
 
@@ -115,7 +121,7 @@ class Transformer(nnx.Module):
         if valid is None:
             valid = jnp.ones(tokens.shape, dtype=bool)
         if positions is None:
-            positions = jnp.cumsum(valid, axis=-1) - 1
+            positions = positions_from_valid(valid)
         x = self.embed(tokens)
         for block in self.layers:
             x, _ = block(x, positions, valid)
