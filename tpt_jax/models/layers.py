@@ -86,15 +86,20 @@ def attention_mask(
     k_pos: Int[Array, "B S"],
     k_valid: Bool[Array, "B S"],
     window: int | None,
+    segments: Int[Array, "B T"] | None = None,
 ) -> Bool[Array, "B T S"]:
     """Causal by position (so left padding and caches need no index arithmetic), plus a window.
 
     A window W lets a query see keys at most W-1 positions back, as HF's `kv > q - W`.
+    `segments` (no cache only, so T == S) keeps packed sequences apart: a token sees only keys
+    of its own segment, whose positions restart at 0.
     """
     delta = q_pos[:, :, None] - k_pos[:, None, :]
     mask = (delta >= 0) & k_valid[:, None, :]
     if window is not None:
         mask &= delta < window
+    if segments is not None:
+        mask &= segments[:, :, None] == segments[:, None, :]
     return mask
 
 
@@ -176,6 +181,7 @@ class Attention(nnx.Module):
         positions: Int[Array, "B T"],
         valid: Bool[Array, "B T"],
         cache: LayerCache | None = None,
+        segments: Int[Array, "B T"] | None = None,
     ) -> tuple[Float[Array, "B T D"], LayerCache | None]:
         """Attention over the new tokens alone, or (with `cache`) over every cached token too.
 
@@ -185,7 +191,7 @@ class Attention(nnx.Module):
         """
         q, k, v = self.project_qkv(x, positions)
         if cache is None:
-            mask = attention_mask(positions, positions, valid, self.window)
+            mask = attention_mask(positions, positions, valid, self.window, segments)
             return self.output(attend(q, k, v, mask, self.scale, self.cap)), None
         cache = cache.write(k, v)
         mask = attention_mask(positions, cache.positions, cache.valid, self.window)

@@ -74,8 +74,9 @@ class Block(nnx.Module):
         positions: Int[Array, "B T"],
         valid: Bool[Array, "B T"],
         cache: LayerCache | None = None,
+        segments: Int[Array, "B T"] | None = None,
     ) -> tuple[Float[Array, "B T D"], LayerCache | None]:
-        attn, cache = self.self_attn(self.input_layernorm(x), positions, valid, cache)
+        attn, cache = self.self_attn(self.input_layernorm(x), positions, valid, cache, segments)
         if not self.post_norms:
             h = x + attn
             return h + self.mlp(self.post_attention_layernorm(h)), cache
@@ -115,16 +116,18 @@ class Transformer(nnx.Module):
         tokens: Int[Array, "B T"],
         positions: Int[Array, "B T"] | None = None,
         valid: Bool[Array, "B T"] | None = None,
+        segments: Int[Array, "B T"] | None = None,
     ) -> Float[Array, "B T V"]:
         """Logits for every position. `valid` marks real tokens (False = padding);
-        `positions` default to 0..T-1; with left padding pass the per-row positions."""
+        `positions` default to 0..T-1; with left padding pass the per-row positions. Packed
+        rows pass `segments` (one id per packed sequence) and positions restarting per segment."""
         if valid is None:
             valid = jnp.ones(tokens.shape, dtype=bool)
         if positions is None:
             positions = positions_from_valid(valid)
         x = self.embed(tokens)
         for block in self.layers:
-            x, _ = block(x, positions, valid)
+            x, _ = block(x, positions, valid, None, segments)
         return self.unembed(x)
 
     def extend(

@@ -1,0 +1,319 @@
+"""Run configs: frozen dataclasses loaded strictly from short YAML files.
+
+Every key has a default (the recipe in RECIPE.md), so a config names only what it changes.
+Loading is strict: an unknown key is an error that suggests the nearest valid one, a value of
+the wrong type or out of range is an error naming its key, and `--set train.lr=1e-5` overrides
+any key from the command line. Pure Python (layer 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tpt_jax.errors import TptError
+
+__all__ = [
+    "EvalConfig",
+    "ModelSpec",
+    "PruneConfig",
+    "RunConfig",
+    "TaskConfig",
+    "ThinkConfig",
+    "TrainConfig",
+    "config_hash",
+    "load_config",
+    "to_dict",
+]
+
+
+class ConfigError(TptError):
+    """A bad run config: the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    # A shipped name (smollm2, gemma3-270m), a HF directory, a .gguf file, a tpt_jax checkpoint,
+    # or `preset:NAME` for a randomly initialised preset (tests and smoke runs).
+    path: str = "smollm2"
+    dtype: str = "float32"  # master weights; train.compute_dtype is the matmul dtype
+    mesh: tuple[int, ...] | None = None  # (data, fsdp, tensor); None: all devices on fsdp
+    tokenizer: str | None = None  # tokenizer directory for `preset:` models
+
+    def check(self) -> None:
+        _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+        if self.mesh is not None and (len(self.mesh) != 3 or min(self.mesh) < 1):
+            raise ConfigError(f"model.mesh must be three positive sizes, got {list(self.mesh)}")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = "arithmetic"  # arithmetic (built in, offline) or gsm8k
+    source: str = "hf:openai/gsm8k"  # gsm8k: hf[:REPO], a directory, or a .jsonl/.parquet file
+    levels: tuple[int, ...] = (1, 2)  # arithmetic: reasoning steps per problem
+    train_size: int | None = None  # arithmetic: problems generated; gsm8k: first N (None = all)
+    test_size: int | None = None  # evaluation problems (None = the whole test split)
+    prompt: str = "chat"  # chat (the model's chat template) or plain (base models)
+    few_shot: int = 0  # plain prompts only: worked train examples before the question
+    on_bad_line: str = "fail"  # fail or skip (skipped lines are counted)
+
+    def check(self) -> None:
+        _choice("task.name", self.name, ("arithmetic", "gsm8k"))
+        _choice("task.prompt", self.prompt, ("chat", "plain"))
+        _choice("task.on_bad_line", self.on_bad_line, ("fail", "skip"))
+        _at_least("task.few_shot", self.few_shot, 0)
+        for key in ("train_size", "test_size"):
+            if getattr(self, key) is not None:
+                _at_least(f"task.{key}", getattr(self, key), 1)
+        if self.name == "arithmetic":
+            if self.train_size is None:
+                raise ConfigError("task.train_size is required for the arithmetic task")
+            if not self.levels or min(self.levels) < 1:
+                raise ConfigError(f"task.levels must be a list of step counts >= 1, got {self.levels}")
+        if self.few_shot and self.prompt != "plain":
+            raise ConfigError("task.few_shot needs task.prompt: plain (chat prompts are zero-shot)")
+
+
+@dataclass(frozen=True)
+class ThinkConfig:
+    n: int = 8  # samples per problem
+    temperature: float = 0.8
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 1500
+    problems: int | None = None  # first N train problems per round (None = all)
+    batch_size: int = 64  # prompts per sampler call (each makes n rows)
+    traces_from: str | None = None  # another run's directory: use its traces (cross-model)
+    max_prompt_tokens: int | None = None  # longer prompts are skipped and counted
+
+    def check(self) -> None:
+        _at_least("think.n", self.n, 1)
+        _at_least("think.max_new_tokens", self.max_new_tokens, 1)
+        _at_least("think.batch_size", self.batch_size, 1)
+        _at_least("think.temperature", self.temperature, 0.0)
+        _at_least("think.top_k", self.top_k, 0)
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"think.top_p must be in (0, 1], got {self.top_p}")
+        if self.problems is not None:
+            _at_least("think.problems", self.problems, 1)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    strategy: str = "correct"  # correct (TPT) or none (train on every sample: the ablation)
+    grading: str = "strict"  # strict (the paper), normalized or lenient
+    max_per_problem: int = 1  # correct traces kept per problem, the first in sample order
+    dedupe: bool = True  # drop exact duplicate traces of a problem
+    max_tokens: int | None = None  # drop traces longer than this (None = no cap)
+    train_budget: int = 2000  # D: training examples per round
+    val_budget: int = 200  # V: up to this many more examples for validation loss
+
+    def check(self) -> None:
+        _choice("prune.strategy", self.strategy, ("correct", "none"))
+        _choice("prune.grading", self.grading, ("strict", "normalized", "lenient"))
+        _at_least("prune.max_per_problem", self.max_per_problem, 1)
+        _at_least("prune.train_budget", self.train_budget, 1)
+        _at_least("prune.val_budget", self.val_budget, 0)
+        if self.max_tokens is not None:
+            _at_least("prune.max_tokens", self.max_tokens, 1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-6
+    warmup_ratio: float = 0.1  # linear warmup over this fraction of steps, then cosine to 0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip: float = 1.0  # global gradient-norm clip (0 = off)
+    global_batch: int = 8  # examples per optimizer step
+    micro_batch: int = 8  # packed rows per forward/backward; steps accumulate gradients
+    epochs: int = 1
+    max_len: int = 1600  # tokens per row; longer examples are dropped and counted
+    pack: bool = True  # pack several examples per row (segment ids keep them apart)
+    compute_dtype: str = "bfloat16"  # matmuls; master weights stay in model.dtype
+    eval_every: int = 50  # steps between validation losses (and resumable train states)
+    select: str = "best_val"  # best_val (the recipe) or last
+    init: str = "previous"  # previous round's model (TPT) or base (STaR / ReST-EM style)
+    chat_format: bool = True  # False reproduces the authors' quirk: plain text, no end token
+
+    def check(self) -> None:
+        _at_least("train.lr", self.lr, 0.0)
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        _at_least("train.weight_decay", self.weight_decay, 0.0)
+        _at_least("train.clip", self.clip, 0.0)
+        for key in ("global_batch", "micro_batch", "epochs", "eval_every"):
+            _at_least(f"train.{key}", getattr(self, key), 1)
+        _at_least("train.max_len", self.max_len, 2)
+        _choice("train.compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
+        _choice("train.select", self.select, ("best_val", "last"))
+        _choice("train.init", self.init, ("previous", "base"))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n: int = 20  # samples per problem
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 1500
+    k: tuple[int, ...] = (1, 5, 10, 20)  # Pass@k reported for each k <= n
+    greedy: bool = True  # also one greedy answer per problem
+    grading: str = "strict"
+    batch_size: int = 64
+
+    def check(self) -> None:
+        _at_least("eval.n", self.n, 1)
+        _at_least("eval.max_new_tokens", self.max_new_tokens, 1)
+        _at_least("eval.batch_size", self.batch_size, 1)
+        _at_least("eval.temperature", self.temperature, 0.0)
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"eval.top_p must be in (0, 1], got {self.top_p}")
+        _choice("eval.grading", self.grading, ("strict", "normalized", "lenient"))
+        if not self.k or min(self.k) < 1:
+            raise ConfigError(f"eval.k must list values >= 1, got {list(self.k)}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    rounds: int = 1
+    export: str = "none"  # none, best or final: write that round's model as a HF directory
+    on_empty_round: str = "stop"  # pruning kept nothing: stop, or carry the model forward
+    model: ModelSpec = field(default_factory=ModelSpec)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    think: ThinkConfig = field(default_factory=ThinkConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def check(self) -> None:
+        _at_least("rounds", self.rounds, 0)
+        _choice("export", self.export, ("none", "best", "final"))
+        _choice("on_empty_round", self.on_empty_round, ("stop", "carry"))
+        for section in (self.model, self.task, self.think, self.prune, self.train, self.eval):
+            section.check()
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """A RunConfig from a YAML file (None: all defaults) and `key.sub=value` overrides."""
+    import yaml
+
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read config ({e})") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=1e-5")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        _set_dotted(raw, key.strip().split("."), parsed, f"--set {item}")
+    config = _build(RunConfig, raw, "", where)
+    try:
+        config.check()
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain dict (tuples as lists), as written to a run's `config.yaml`."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_hash(config: RunConfig) -> str:
+    return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set_dotted(raw: dict[str, Any], keys: list[str], value: Any, where: str) -> None:
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix}{near[0]}?" if near else ""
+            raise ConfigError(f"{where}: unknown key {prefix}{key}{hint}")
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            values[key] = _build(hint_type, value, f"{prefix}{key}.", where)
+        else:
+            values[key] = _coerce(value, hint_type, f"{prefix}{key}", where)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
+    """`value` as type `hint` (int, float, str, bool, tuple[int, ...] and `X | None`)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key, where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            value = [value]
+        return tuple(_coerce(v, args[0], key, where) for v in value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads `1e-6` (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[hint]
+    if not ok:
+        raise ConfigError(f"{where}: {key} must be {hint.__name__}, got {value!r}")
+    return float(value) if hint is float else value
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"{key} must be >= {low}, got {value}")
