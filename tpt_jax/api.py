@@ -117,7 +117,17 @@ class ModelHandle:
         Each `Sample` has `.tokens` (ending with the stop token when it stopped), `.text`
         (decoded without the stop token, when there is a tokenizer) and `.finish_reason`."""
         params = SamplingParams(max_new_tokens, temperature, top_k, top_p, n, seed, logprobs)
-        results = self.sampler.generate([self.encode_prompt(p) for p in prompts], params)
+        return self.generate_ids([self.encode_prompt(p) for p in prompts], params)
+
+    def generate_ids(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        key_ids: list[int] | None = None,
+    ) -> list[list[Sample]]:
+        """`generate` for token-id prompts; `key_ids` name each prompt's random stream (see
+        `Sampler.generate`), so work split into chunks samples exactly as in one call."""
+        results = self.sampler.generate(prompts, params, key_ids)
         if self.tokenizer is not None:
             for samples in results:
                 for sample in samples:

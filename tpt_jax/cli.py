@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -105,7 +106,6 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
 
 def _info(args: argparse.Namespace) -> None:
     import json
-    from pathlib import Path
 
     from tpt_jax.api import detect_format, load
     from tpt_jax.models.config import PRESETS
@@ -118,6 +118,44 @@ def _info(args: argparse.Namespace) -> None:
         fmt = detect_format(path) if path.exists() else "shipped"
         cfg = load(args.model).config
     print(json.dumps({"format": fmt, "params": param_count(cfg), **cfg.to_hf_config()}, indent=2))
+
+
+def _run(args: argparse.Namespace) -> None:
+    """`tpt run`: the whole loop; `tpt think|prune|train|eval`: one stage of one round."""
+    from tpt_jax import report
+    from tpt_jax.errors import TptError
+    from tpt_jax.config import load_config
+    from tpt_jax.round import Run
+
+    config = load_config(args.config, args.set or ())
+    run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
+    run = Run(config, run_dir, force=args.force)
+    if args.command == "run":
+        run.run()
+    elif args.command == "eval" and args.round == 0:
+        run.round(0)
+    else:
+        if args.round < 1:
+            raise TptError(f"tpt {args.command}: --round must be >= 1 (round 0 only evaluates)")
+        run.stage(args.command, args.round)
+        return
+    rows = report.rounds(run_dir)
+    print(report.table(rows))
+    chart = report.plot(rows, Path(run_dir) / "report.png")
+    print(f"run directory: {run_dir} (metrics.jsonl, tb/, chart {chart})")
+
+
+def _report(args: argparse.Namespace) -> None:
+    import json
+
+    from tpt_jax import report
+
+    rows = report.rounds(args.run_dir)
+    if args.json:
+        print(json.dumps({"rounds": rows}, indent=2))
+        return
+    print(report.table(rows))
+    print(f"chart: {report.plot(rows, args.png or Path(args.run_dir) / 'report.png')}")
 
 
 def _prompt_command(sub, name: str, help: str, fn) -> argparse.ArgumentParser:
@@ -153,6 +191,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--n", type=int, default=1, help="samples")
     g.add_argument("--seed", type=int, default=0)
+
+    for name, help in (
+        ("run", "a whole TPT run: base evaluation, then think, prune, train, eval per round"),
+        ("think", "one round's THINK stage (sample solutions to train problems)"),
+        ("prune", "one round's PRUNE stage (keep verified solutions)"),
+        ("train", "one round's TRAIN stage (SFT on the kept solutions)"),
+        ("eval", "evaluate one round's model (round 0: the base model)"),
+    ):
+        r = sub.add_parser(name, help=help)
+        r.add_argument("config", help="run config YAML (see configs/)")
+        r.add_argument("--run-dir", help="default: runs/<config name>")
+        r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
+        r.add_argument("--force", action="store_true", help="accept a config that differs")
+        if name != "run":
+            r.add_argument("--round", type=int, required=True)
+        r.set_defaults(fn=_run)
+
+    rep = sub.add_parser("report", help="table, JSON and chart of a run's rounds")
+    rep.add_argument("run_dir")
+    rep.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    rep.add_argument("--png", help="where to write the chart (default RUN_DIR/report.png)")
+    rep.set_defaults(fn=_report)
 
     i = sub.add_parser("info", help="architecture and parameter count of a model or preset")
     i.add_argument("model")

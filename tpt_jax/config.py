@@ -76,7 +76,9 @@ class TaskConfig:
             if self.train_size is None:
                 raise ConfigError("task.train_size is required for the arithmetic task")
             if not self.levels or min(self.levels) < 1:
-                raise ConfigError(f"task.levels must be a list of step counts >= 1, got {self.levels}")
+                raise ConfigError(
+                    f"task.levels must be a list of step counts >= 1, got {self.levels}"
+                )
         if self.few_shot and self.prompt != "plain":
             raise ConfigError("task.few_shot needs task.prompt: plain (chat prompts are zero-shot)")
 
@@ -222,9 +224,13 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+            raise ConfigError(
+                f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})"
+            ) from None
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(raw).__name__}")
+            raise ConfigError(
+                f"{path}: a config must be a mapping of keys, got {type(raw).__name__}"
+            )
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:

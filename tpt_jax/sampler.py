@@ -338,7 +338,12 @@ class Sampler:
             )
         return self._compiled[key]
 
-    def _prepare(self, prompts: Sequence[Sequence[int]], params: SamplingParams):
+    def _prepare(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        key_ids: Sequence[int] | None = None,
+    ):
         if not prompts:
             raise TptError("generate() needs at least one prompt")
         lengths = [len(p) for p in prompts]
@@ -358,19 +363,30 @@ class Sampler:
         budget += [1] * (batch - len(prompts))
         limits = np.repeat(np.asarray(budget, np.int32), params.n)
         base = jax.random.PRNGKey(params.seed)
-        ids = np.arange(batch * params.n)
-        # Keys per (prompt index, sample index): independent of batching and padding.
-        row_keys = jax.vmap(
-            lambda i: jax.random.fold_in(jax.random.fold_in(base, i // params.n), i % params.n)
-        )(ids)
+        # Keys per (prompt key id, sample index): independent of batching and padding. Key ids
+        # default to prompt indices; callers that split work into chunks pass global ids.
+        if key_ids is None:
+            key_ids = range(len(prompts))
+        elif len(key_ids) != len(prompts):
+            raise TptError(f"{len(key_ids)} key ids for {len(prompts)} prompts")
+        prompt_ids = np.asarray(list(key_ids) + [0] * (batch - len(prompts)), np.uint32)
+        row_prompt = np.repeat(prompt_ids, params.n)
+        row_sample = np.tile(np.arange(params.n, dtype=np.uint32), batch)
+        row_keys = jax.vmap(lambda p, i: jax.random.fold_in(jax.random.fold_in(base, p), i))(
+            row_prompt, row_sample
+        )
         st = _Static(params.n, params.max_new_tokens, params.top_k, self.stop_ids, self.pad_id)
         return st, batch, tokens, valid, row_keys, limits
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams()
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams = SamplingParams(),
+        key_ids: Sequence[int] | None = None,
     ) -> list[list[Sample]]:
-        """`params.n` samples for each prompt (token-id lists), in prompt order."""
-        st, batch, tokens, valid, row_keys, limits = self._prepare(prompts, params)
+        """`params.n` samples for each prompt (token-id lists), in prompt order. Sample j of a
+        prompt with key id p (default: its index) depends only on (seed, p, j)."""
+        st, batch, tokens, valid, row_keys, limits = self._prepare(prompts, params, key_ids)
         fn = self._function(st, batch * params.n, batch)
         out = fn(
             self.params,

@@ -394,6 +394,16 @@ PRESETS: dict[str, ModelConfig] = {
         num_kv_heads=3,
         rope_theta=100_000.0,
     ),
+    # SmolLM2's vocabulary and tokenizer on a 2-layer, 64-wide body: random weights for smoke
+    # runs and tests of the whole loop on a CPU in seconds.
+    "smollm2-tiny": _smollm2(
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        rope_theta=100_000.0,
+    ),
     "smollm2-360m": _smollm2(
         hidden_size=960,
         intermediate_size=2560,

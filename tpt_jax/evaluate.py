@@ -1,0 +1,133 @@
+"""EVAL: Pass@1 / Pass@k with confidence intervals, greedy accuracy, extraction failures.
+
+Pass@1 is the mean per-sample accuracy; Pass@k is the unbiased estimator
+1 − C(n−c, k)/C(n, k) averaged over problems. The 95% interval of Pass@1 treats problems as the
+unit of sampling (samples of one problem are correlated): mean ± 1.96 · sd(per-problem
+accuracy) / √P. Greedy accuracy gets a Wilson interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tpt_jax.api import ModelHandle
+from tpt_jax.config import EvalConfig
+from tpt_jax.grading import extract_answer, is_correct, mean_pass_at_k
+from tpt_jax.sampler import SamplingParams
+from tpt_jax.think import EncodedPrompts, sample_to_file
+
+Z95 = 1.959963984540054
+
+
+def grade(records: Sequence[Mapping[str, Any]], answers: Mapping[str, str], mode: str) -> dict:
+    """Per-problem (n, c) counts and the failure tallies of one set of samples."""
+    counts: dict[str, list[int]] = {}
+    unextracted = cut = tokens = 0
+    for r in records:
+        n_c = counts.setdefault(r["problem_id"], [0, 0])
+        n_c[0] += 1
+        n_c[1] += is_correct(r["text"], answers[r["problem_id"]], mode)
+        unextracted += extract_answer(r["text"], mode) is None
+        cut += r["finish_reason"] == "length"
+        tokens += r["n_tokens"]
+    total = max(len(records), 1)
+    return {
+        "counts": {pid: tuple(nc) for pid, nc in counts.items()},
+        "extraction_failure_rate": unextracted / total,
+        "cut_rate": cut / total,
+        "mean_tokens": tokens / total,
+    }
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and its normal-approximation 95% interval over independent units."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    half = Z95 * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def wilson(correct: int, total: int) -> tuple[float, float]:
+    if total == 0:
+        return 0.0, 0.0
+    p = correct / total
+    denom = 1 + Z95**2 / total
+    centre = (p + Z95**2 / (2 * total)) / denom
+    half = Z95 * math.sqrt(p * (1 - p) / total + Z95**2 / (4 * total**2)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def summarize(
+    sampled: Sequence[Mapping[str, Any]],
+    greedy: Sequence[Mapping[str, Any]],
+    answers: Mapping[str, str],
+    config: EvalConfig,
+) -> dict[str, Any]:
+    """The numbers of one evaluation (what `summary.json` and `tpt report` show)."""
+    graded = grade(sampled, answers, config.grading)
+    counts = list(graded["counts"].values())
+    accuracy = [c / n for n, c in counts]
+    pass1, low, high = mean_ci(accuracy) if counts else (0.0, 0.0, 0.0)
+    out: dict[str, Any] = {
+        "problems": len(counts),
+        "samples_per_problem": config.n,
+        "temperature": config.temperature,
+        "grading": config.grading,
+        "pass_at_1": pass1,
+        "pass_at_1_ci95": [low, high],
+        "pass_at_k": {
+            str(k): mean_pass_at_k(counts, k) for k in config.k if counts and k <= config.n
+        },
+        "extraction_failure_rate": graded["extraction_failure_rate"],
+        "cut_rate": graded["cut_rate"],
+        "mean_tokens": graded["mean_tokens"],
+    }
+    if greedy:
+        g = grade(greedy, answers, config.grading)
+        right = sum(c for _, c in g["counts"].values())
+        total = sum(n for n, _ in g["counts"].values())
+        out["greedy_accuracy"] = right / total if total else 0.0
+        out["greedy_ci95"] = list(wilson(right, total))
+        out["greedy_extraction_failure_rate"] = g["extraction_failure_rate"]
+    return out
+
+
+def evaluate(
+    handle: ModelHandle,
+    prompts: EncodedPrompts,
+    config: EvalConfig,
+    out_dir: Path,
+    *,
+    seed: int,
+    label: str = "eval",
+) -> dict[str, Any]:
+    """Sample, grade and summarize; samples go to `out_dir` (resumable), the summary too."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    answers = {p.id: p.answer for p in prompts.problems}
+    params = SamplingParams(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        n=config.n,
+        seed=seed,
+    )
+    run = dict(batch_size=config.batch_size)
+    sampled = sample_to_file(
+        handle, prompts, params, out_dir / "samples.jsonl", label=f"{label} sampled", **run
+    )
+    greedy = []
+    if config.greedy:
+        params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0.0, n=1)
+        greedy = sample_to_file(
+            handle, prompts, params, out_dir / "greedy.jsonl", label=f"{label} greedy", **run
+        )
+    summary = summarize(sampled, greedy, answers, config)
+    summary["skipped_too_long"] = prompts.skipped_too_long
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,418 @@
+"""Rounds and runs: base evaluation, then R rounds of think → prune → train → eval, resumable.
+
+Run directory layout (everything a user looks for, nothing hidden):
+
+    config.yaml                 the resolved config; a different config is refused unless forced
+    metrics.jsonl, tb/          every number, as JSONL and TensorBoard events
+    round_0/eval/               the base model's evaluation (samples, greedy answers, summary)
+    round_R/think/traces.jsonl  THINK: sampled solutions to train problems
+    round_R/prune/              PRUNE: selected.jsonl (train + val examples), stats.json
+    round_R/train/              TRAIN: resumable train state, best-validation model, log
+    round_R/model/              the round's model (a tpt_jax checkpoint)
+    round_R/eval/               EVAL of the round's model
+    round_R/manifest.json       written last: a round without it is not finished
+    export/                     the best or final round as a Hugging Face directory (on request)
+
+Each stage ends by writing `DONE.json` atomically; a stage with that file is never redone, so a
+killed run continues from the last finished stage, and rerunning a finished run changes
+nothing. Sampling keys depend only on (seed, round, problem, sample) and training resumes from
+its saved step, so a resumed run reaches the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from tpt_jax import checkpoint
+from tpt_jax.api import ModelHandle, load
+from tpt_jax.config import RunConfig, config_hash, to_dict
+from tpt_jax.data import encode_example
+from tpt_jax.errors import TptError
+from tpt_jax.evaluate import evaluate
+from tpt_jax.metrics import MetricsWriter
+from tpt_jax.models.config import preset
+from tpt_jax.models.transformer import init_model
+from tpt_jax.prune import prune
+from tpt_jax.sampler import SamplingParams
+from tpt_jax.sharding import TRAIN_RULES, make_mesh
+from tpt_jax.tasks import Problem, generate_problems, load_gsm8k
+from tpt_jax.think import (
+    encode_prompts,
+    prompt_for,
+    read_traces,
+    sample_to_file,
+    write_records,
+)
+from tpt_jax.tokenizer import Tokenizer
+from tpt_jax.train import train
+
+STAGES = ("think", "prune", "train", "eval")
+EVAL_SEED_OFFSET = 7919  # one eval seed for every round: rounds are compared on equal footing
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write `obj` as JSON atomically: a reader sees the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=2, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class Run:
+    """One run directory and the config that owns it."""
+
+    def __init__(self, config: RunConfig, run_dir: str | Path, *, force: bool = False):
+        self.config = config
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.dir)
+        self._claim_config(force)
+        self.metrics = MetricsWriter(self.dir / "metrics.jsonl", self.dir / "tb")
+        self.mesh = make_mesh(config.model.mesh)
+        self._handle: tuple[str, ModelHandle] | None = None
+        self._problems: dict[str, list[Problem]] | None = None
+
+    # --- the whole run ---------------------------------------------------------------------
+
+    def run(self) -> list[dict[str, Any]]:
+        """Base evaluation and every round; returns the round manifests."""
+        manifests = [self.round(0)]
+        for r in range(1, self.config.rounds + 1):
+            manifest = self.round(r)
+            manifests.append(manifest)
+            if manifest.get("stopped"):
+                break
+        self.export(manifests)
+        return manifests
+
+    def round(self, r: int) -> dict[str, Any]:
+        path = self.round_dir(r) / "manifest.json"
+        if path.exists():
+            return read_json(path)
+        walls: dict[str, float] = {}
+        results: dict[str, Any] = {}
+        for stage in ("eval",) if r == 0 else STAGES:
+            t0 = time.perf_counter()
+            results[stage] = self.stage(stage, r)
+            walls[stage] = round(time.perf_counter() - t0, 2)
+            if stage == "prune" and results[stage]["kept_train"] == 0:
+                if self.config.on_empty_round == "stop":
+                    _say(f"round {r}: pruning kept no examples; stopping (on_empty_round: stop)")
+                    return {"round": r, "stopped": True, "prune": results[stage]}
+                _say(f"round {r}: pruning kept no examples; carrying the model forward")
+        manifest = self._manifest(r, results, walls)
+        write_json(path, manifest)
+        return manifest
+
+    # --- stages ------------------------------------------------------------------------------
+
+    def stage(self, stage: str, r: int) -> dict[str, Any]:
+        """Run one stage of round r unless it is done; its DONE.json content."""
+        out = self.round_dir(r) / stage
+        done = out / "DONE.json"
+        if done.exists():
+            return read_json(done)
+        for before in STAGES[: STAGES.index(stage)] if r else ():
+            if not (self.round_dir(r) / before / "DONE.json").exists():
+                raise TptError(f"round {r}: stage {stage} needs {before} first")
+        out.mkdir(parents=True, exist_ok=True)
+        _say(f"[round {r}] {stage}")
+        result = getattr(self, f"_{stage}")(r, out)
+        write_json(done, result)
+        return result
+
+    def _think(self, r: int, out: Path) -> dict[str, Any]:
+        cfg = self.config.think
+        traces_path = out / "traces.jsonl"
+        if cfg.traces_from:  # the cross-model ablation: another run's traces for this round
+            source = Path(cfg.traces_from) / f"round_{r}" / "think" / "traces.jsonl"
+            if not (source.parent / "DONE.json").exists():
+                raise TptError(f"think.traces_from: {source} is missing or unfinished")
+            records = read_traces(source)
+            write_records(traces_path, records)
+            return {"problems": len({t["problem_id"] for t in records}), "copied_from": str(source)}
+        handle = self.model_for(r - 1)
+        problems = self.problems("train")[: cfg.problems]
+        prompts = encode_prompts(
+            handle, problems, self.config.task, self.shots(), cfg.max_prompt_tokens,
+            cfg.max_new_tokens,
+        )  # fmt: skip
+        params = SamplingParams(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            n=cfg.n,
+            seed=_seed(self.config.seed, "think", r),
+        )
+        t0 = time.perf_counter()
+        records = sample_to_file(
+            handle, prompts, params, traces_path, batch_size=cfg.batch_size, label="think"
+        )
+        tokens = sum(t["n_tokens"] for t in records)
+        stats = {
+            "problems": len(prompts.problems),
+            "samples": len(records),
+            "skipped_too_long": prompts.skipped_too_long,
+            "tokens": tokens,
+            "seconds": time.perf_counter() - t0,
+        }
+        self.metrics.write("think", r, **stats)
+        return stats
+
+    def _prune(self, r: int, out: Path) -> dict[str, Any]:
+        traces = read_traces(self.round_dir(r) / "think" / "traces.jsonl")
+        answers = {p.id: p.answer for p in self.problems("train")}
+        result = prune(traces, answers, self.config.prune, _seed(self.config.seed, "prune", r))
+        selected = [{**t, "split": "train"} for t in result.train]
+        selected += [{**t, "split": "val"} for t in result.val]
+        write_records(out / "selected.jsonl", selected)
+        write_records(out / "per_problem.jsonl", result.per_problem)
+        write_json(out / "stats.json", result.stats)
+        self.metrics.write("prune", r, **{k: v for k, v in result.stats.items() if k != "dropped"})
+        _say(
+            f"  kept {result.stats['kept_train']} train + {result.stats['kept_val']} val of "
+            f"{result.stats['traces']} traces ({result.stats['correct']} correct); "
+            f"dropped {result.stats['dropped']}"
+        )
+        return result.stats
+
+    def _train(self, r: int, out: Path) -> dict[str, Any]:
+        selected = read_traces(self.round_dir(r) / "prune" / "selected.jsonl")
+        model_dir = self.round_dir(r) / "model"
+        if not any(t["split"] == "train" for t in selected):  # on_empty_round: carry
+            return {"model": self.model_path(r - 1), "carried": True}
+        cfg = self.config.train
+        start = 0 if cfg.init == "base" else r - 1
+        handle = self.model_for(start, rules=TRAIN_RULES)
+        problems = {p.id: p for p in self.problems("train")}
+        sets: dict[str, list] = {"train": [], "val": []}
+        for t in selected:
+            prompt = prompt_for(problems[t["problem_id"]], self.config.task, self.shots())
+            example = encode_example(
+                handle.tokenizer, prompt, t["text"], chat_format=cfg.chat_format
+            )
+            sets[t["split"]].append(example)
+        self._handle = None  # training consumes (donates) the loaded weights
+
+        def log(record: dict[str, Any]) -> None:
+            self.metrics.write(f"train/round_{r}", int(record.get("step", 0)), **record)
+
+        model, result = train(
+            handle.model,
+            self.mesh,
+            sets["train"],
+            sets["val"],
+            cfg,
+            seed=_seed(self.config.seed, "train", r),
+            work_dir=out,
+            log=log,
+        )
+        checkpoint.save_checkpoint(model, model_dir, tokenizer=handle.tokenizer)
+        summary = {k: v for k, v in vars(result).items() if k != "history"}
+        return {"model": str(model_dir), "carried": False, **summary}
+
+    def _eval(self, r: int, out: Path) -> dict[str, Any]:
+        handle = self.model_for(r)
+        cfg = self.config.eval
+        prompts = encode_prompts(
+            handle, self.problems("test"), self.config.task, self.shots(), None, cfg.max_new_tokens
+        )
+        summary = evaluate(
+            handle, prompts, cfg, out, seed=_seed(self.config.seed, "eval"), label=f"eval r{r}"
+        )
+        self.metrics.write("eval", r, **_scalars(summary))
+        low, high = summary["pass_at_1_ci95"]
+        _say(
+            f"  round {r}: Pass@1 {100 * summary['pass_at_1']:.1f}% "
+            f"[{100 * low:.1f}, {100 * high:.1f}] on {summary['problems']} problems"
+        )
+        return summary
+
+    # --- models and data ---------------------------------------------------------------------
+
+    def round_dir(self, r: int) -> Path:
+        return self.dir / f"round_{r}"
+
+    def model_path(self, r: int) -> str:
+        """Where round r's model lives: the base model for r = 0."""
+        if r == 0:
+            return self.config.model.path
+        return read_json(self.round_dir(r) / "train" / "DONE.json")["model"]
+
+    def model_for(self, r: int, rules=None) -> ModelHandle:
+        path = self.model_path(r)
+        key = f"{path}|{rules is not None}"
+        if self._handle is None or self._handle[0] != key:
+            self._handle = None  # free the old weights before loading new ones
+            self._handle = (key, self._load(path, rules))
+        return self._handle[1]
+
+    def _load(self, path: str, rules) -> ModelHandle:
+        spec = self.config.model
+        kwargs = {"rules": rules} if rules is not None else {}
+        if not path.startswith("preset:"):
+            return load(path, dtype=spec.dtype, mesh=self.mesh, **kwargs)
+        if spec.tokenizer is None:
+            raise TptError("model.tokenizer: a preset: model needs a tokenizer (a name or dir)")
+        tok_handle = spec.tokenizer
+        tokenizer = (
+            Tokenizer.from_pretrained(tok_handle)
+            if Path(tok_handle).is_dir()
+            else _shipped_tokenizer(tok_handle)
+        )
+        import jax.numpy as jnp
+
+        dtype = jnp.float32 if spec.dtype == "float32" else jnp.bfloat16
+        model = init_model(preset(path.removeprefix("preset:")), self.config.seed, dtype)
+        tmp = self.dir / "base_model"  # materialize once, so every later load is the same
+        if not checkpoint.is_checkpoint(tmp):
+            checkpoint.save_checkpoint(model, tmp, tokenizer=tokenizer)
+        return load(tmp, dtype=spec.dtype, mesh=self.mesh, **kwargs)
+
+    def problems(self, split: str) -> list[Problem]:
+        if self._problems is None:
+            task = self.config.task
+            if task.name == "arithmetic":
+                test_n = task.test_size or 500
+                self._problems = {
+                    "train": generate_problems("train", task.train_size, task.levels, self.config.seed),
+                    "test": generate_problems("test", test_n, task.levels, self.config.seed),
+                }  # fmt: skip
+            else:
+                self._problems = {
+                    "train": load_gsm8k(task.source, "train", on_bad_line=task.on_bad_line)[
+                        : task.train_size
+                    ],
+                    "test": load_gsm8k(task.source, "test", on_bad_line=task.on_bad_line)[
+                        : task.test_size
+                    ],
+                }
+        return self._problems[split]
+
+    def shots(self) -> list[Problem]:
+        return self.problems("train")[: self.config.task.few_shot]
+
+    # --- bookkeeping -------------------------------------------------------------------------
+
+    def _claim_config(self, force: bool) -> None:
+        path = self.dir / "config.json"
+        mine = to_dict(self.config)
+        if path.exists():
+            theirs = read_json(path)
+            if theirs != mine and not force:
+                diff = _first_difference(theirs, mine)
+                raise TptError(
+                    f"{self.dir}: was started with a different config ({diff}); "
+                    "use the same config, another --run-dir, or --force"
+                )
+        write_json(path, mine)
+
+    def _manifest(self, r: int, results: dict[str, Any], walls: dict[str, float]) -> dict:
+        problems = self.problems("train") + self.problems("test")
+        data_hash = hashlib.sha256(
+            json.dumps([(p.id, p.question, p.answer) for p in problems]).encode()
+        ).hexdigest()[:16]
+        return {
+            "round": r,
+            "model": self.model_path(r),
+            "seed": self.config.seed,
+            "config_hash": config_hash(self.config),
+            "data_hash": data_hash,
+            "versions": _versions(),
+            "devices": {"kind": jax.devices()[0].device_kind, "count": jax.device_count()},
+            "wall_seconds": walls,
+            **results,
+        }
+
+    def export(self, manifests: list[dict[str, Any]]) -> Path | None:
+        which = self.config.export
+        finished = [m for m in manifests if "eval" in m]
+        if which == "none" or not finished:
+            return None
+        if which == "best":
+            pick = max(finished, key=lambda m: m["eval"]["pass_at_1"])
+        else:
+            pick = finished[-1]
+        out = self.dir / "export"
+        marker = out / "ROUND"
+        if marker.exists() and marker.read_text().strip() == str(pick["round"]):
+            return out
+        handle = self.model_for(pick["round"])
+        handle.save_hf(out)
+        marker.write_text(f"{pick['round']}\n")
+        _say(f"exported round {pick['round']} ({which}) to {out}")
+        return out
+
+
+def _lock(run_dir: Path) -> Any:
+    """An exclusive lock on the run directory; the kernel drops it when the process dies."""
+    f = open(run_dir / ".lock", "w")  # noqa: SIM115 (held for the Run's lifetime)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise TptError(f"{run_dir}: another tpt process is using this run directory") from None
+    return f
+
+
+def _seed(seed: int, stage: str, r: int = 0) -> int:
+    digest = hashlib.sha256(f"{seed}/{stage}/{r}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def _shipped_tokenizer(name: str) -> Tokenizer:
+    from tpt_jax.api import shipped_models
+    from tpt_jax.gguf_io import read_gguf
+
+    finders = shipped_models()
+    if name not in finders:
+        raise TptError(
+            f"model.tokenizer: {name!r} is neither a directory nor one of {list(finders)}"
+        )
+    return read_gguf(finders[name]()).tokenizer
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return f"{prefix.rstrip('.')}: {a!r} then, {b!r} now"
+
+
+def _scalars(summary: dict[str, Any]) -> dict[str, float]:
+    out = {k: v for k, v in summary.items() if isinstance(v, int | float)}
+    out.update({f"pass_at_{k}": v for k, v in summary.get("pass_at_k", {}).items()})
+    return out
+
+
+def _versions() -> dict[str, str]:
+    names = ("tpt-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+    out = {"python": sys.version.split()[0]}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

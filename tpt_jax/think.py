@@ -1,0 +1,154 @@
+"""THINK: sample solutions to many problems into a JSONL traces file, resumably.
+
+Shared by the THINK stage (train problems, temperature 0.8) and EVAL (test problems). Work is
+done in chunks of problems; each chunk's traces are appended, flushed and fsync'd together, so
+a killed process loses at most the chunk in flight. Sample j of problem i depends only on
+(seed, i, j), never on chunking, so a resumed run writes exactly what an uninterrupted one
+would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tpt_jax.api import ModelHandle
+from tpt_jax.config import TaskConfig
+from tpt_jax.errors import TptError
+from tpt_jax.metrics import Progress
+from tpt_jax.sampler import SamplingParams
+from tpt_jax.tasks import Problem, chat_messages, plain_prompt
+
+
+@dataclass
+class EncodedPrompts:
+    """Prompt ids for the problems that fit, and how many were skipped as too long."""
+
+    problems: list[Problem]
+    key_ids: list[int]  # each problem's index in its split: the sampling key
+    ids: list[list[int]]
+    skipped_too_long: int
+
+
+def prompt_for(problem: Problem, task: TaskConfig, shots: Sequence[Problem] = ()) -> Any:
+    """The chat message list (chat prompts) or text (plain prompts) for one problem."""
+    if task.prompt == "chat":
+        return chat_messages(problem.question)
+    return plain_prompt(problem.question, shots)
+
+
+def encode_prompts(
+    handle: ModelHandle,
+    problems: Sequence[Problem],
+    task: TaskConfig,
+    shots: Sequence[Problem] = (),
+    max_prompt_tokens: int | None = None,
+    max_new_tokens: int = 1,
+) -> EncodedPrompts:
+    """Token ids of every problem's prompt. A prompt longer than `max_prompt_tokens`, or with no
+    room for an answer in the model's context, is skipped and counted, never truncated."""
+    tok = handle.tokenizer
+    if tok is None:
+        raise TptError(f"{handle.source}: has no tokenizer; set model.tokenizer in the config")
+    if task.prompt == "chat" and not tok.chat_template:
+        raise TptError(
+            f"{handle.source}: the tokenizer has no chat template; use task.prompt: plain"
+        )
+    context = handle.config.max_position_embeddings
+    limit = min(max_prompt_tokens or context, context - max(1, min(max_new_tokens, 64)))
+    out = EncodedPrompts([], [], [], 0)
+    for index, problem in enumerate(problems):
+        prompt = prompt_for(problem, task, shots)
+        ids = handle.encode_prompt(prompt)
+        if len(ids) > limit:
+            out.skipped_too_long += 1
+            continue
+        out.problems.append(problem)
+        out.key_ids.append(index)
+        out.ids.append(ids)
+    return out
+
+
+def read_traces(path: Path) -> list[dict[str, Any]]:
+    """Every complete line of a traces file; a torn last line (a kill mid-write) is dropped."""
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            records.append(json.loads(line))
+    return records
+
+
+def sample_to_file(
+    handle: ModelHandle,
+    prompts: EncodedPrompts,
+    params: SamplingParams,
+    path: Path,
+    *,
+    batch_size: int,
+    label: str,
+    on_chunk: Callable[[dict[str, float]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Sample `params.n` answers per prompt into `path` (JSONL, one record per sample), resuming
+    from whatever complete problems it already holds; returns all records in problem order."""
+    done = read_traces(path)
+    counts = Counter(r["problem_id"] for r in done)
+    finished = {pid for pid, c in counts.items() if c == params.n}
+    if done:  # rewrite without a torn tail or a half-written problem: appends start clean
+        write_records(path, [r for r in done if r["problem_id"] in finished])
+    todo = [i for i, p in enumerate(prompts.problems) if p.id not in finished]
+    total_samples = len(todo) * params.n
+    progress = Progress(label, total_samples, "samples")
+    tokens_made = 0
+    t0 = time.perf_counter()
+    with open(path, "a", encoding="utf-8") as f:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            results = handle.generate_ids(
+                [prompts.ids[i] for i in chunk], params, [prompts.key_ids[i] for i in chunk]
+            )
+            lines = []
+            for i, samples in zip(chunk, results, strict=True):
+                for j, sample in enumerate(samples):
+                    tokens_made += sample.length
+                    record = {
+                        "problem_id": prompts.problems[i].id,
+                        "sample": j,
+                        "text": sample.text,
+                        "n_tokens": sample.length,
+                        "finish_reason": sample.finish_reason,
+                    }
+                    lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+            seconds = time.perf_counter() - t0
+            rate = {"tokens_per_s": tokens_made / seconds, "samples_per_s": 0.0}
+            rate["samples_per_s"] = progress.done / seconds if seconds else 0.0
+            progress.update(len(chunk) * params.n, f"{rate['tokens_per_s']:.0f} tok/s")
+            if on_chunk is not None:
+                on_chunk(rate)
+    progress.close()
+    order = {p.id: i for i, p in enumerate(prompts.problems)}
+    records = read_traces(path)
+    records.sort(key=lambda r: (order.get(r["problem_id"], len(order)), r["sample"]))
+    return records
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace `path` with these JSONL records atomically (temp file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
