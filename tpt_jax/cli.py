@@ -123,8 +123,8 @@ def _info(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     """`tpt run`: the whole loop; `tpt think|prune|train|eval`: one stage of one round."""
     from tpt_jax import report
-    from tpt_jax.errors import TptError
     from tpt_jax.config import load_config
+    from tpt_jax.errors import TptError
     from tpt_jax.round import Run
 
     config = load_config(args.config, args.set or ())

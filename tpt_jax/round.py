@@ -290,11 +290,11 @@ class Run:
         if self._problems is None:
             task = self.config.task
             if task.name == "arithmetic":
-                test_n = task.test_size or 500
+                seed, levels = self.config.seed, task.levels
                 self._problems = {
-                    "train": generate_problems("train", task.train_size, task.levels, self.config.seed),
-                    "test": generate_problems("test", test_n, task.levels, self.config.seed),
-                }  # fmt: skip
+                    "train": generate_problems("train", task.train_size, levels, seed),
+                    "test": generate_problems("test", task.test_size or 500, levels, seed),
+                }
             else:
                 self._problems = {
                     "train": load_gsm8k(task.source, "train", on_bad_line=task.on_bad_line)[
