@@ -71,6 +71,34 @@ def test_missing_file_and_arithmetic_needs_a_size(tmp_path):
         load_config(None)
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     assert isinstance(load_config(path), RunConfig)
+
+
+def test_paper_configs_and_ablations_differ_only_where_they_say():
+    base = load_config(CONFIGS / "gemma2_2b_gsm8k.yaml")
+    assert (base.rounds, base.task.name, base.think.n, base.train.lr) == (4, "gsm8k", 8, 1e-6)
+    changed = {
+        "gemma2_2b_data_1k": ("prune", "train_budget", 1000),
+        "gemma2_2b_data_6k": ("prune", "train_budget", 6000),
+        "gemma2_2b_no_pruning": ("prune", "strategy", "none"),
+        "gemma2_2b_restart_from_base": ("train", "init", "base"),
+        "gemma2_2b_cross_model_9b": ("think", "traces_from", "runs/gemma2_9b_gsm8k"),
+    }
+    for name, (section, key, value) in changed.items():
+        cfg = load_config(CONFIGS / "ablations" / f"{name}.yaml")
+        assert getattr(getattr(cfg, section), key) == value
+        a, b = to_dict(cfg), to_dict(base)
+        a[section].pop(key), b[section].pop(key)
+        assert a == b, name
+
+
+def test_base_chain(tmp_path):
+    (tmp_path / "a.yaml").write_text("rounds: 3\ntask: {train_size: 9, levels: [1]}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ntask: {levels: [2]}\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert (cfg.rounds, cfg.task.train_size, cfg.task.levels) == (3, 9, (2,))
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(TptError, match="loops back"):
+        load_config(tmp_path / "b.yaml")

@@ -213,24 +213,7 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
     where = "defaults"
     if path is not None:
         where = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read config ({e})") from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(
-                f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})"
-            ) from None
-        if not isinstance(raw, dict):
-            raise ConfigError(
-                f"{path}: a config must be a mapping of keys, got {type(raw).__name__}"
-            )
+        raw = _read_yaml(Path(path), ())
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -246,6 +229,45 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     return config
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """One config file as a dict; a `base: other.yaml` key (relative to this file) is loaded
+    first and this file's keys are merged over it, so ablations are a few lines each."""
+    import yaml
+
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: `base` chain loops back to itself")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e})") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a file name, got {base!r}")
+    merged = _read_yaml(path.parent / base, (*chain, path.resolve()))
+    _merge(merged, raw)
+    return merged
+
+
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def to_dict(config: Any) -> dict[str, Any]:
