@@ -58,3 +58,20 @@ def test_cli_generate_streams_the_greedy_answer(handle, capsys):
     assert out.strip() == expected.text.strip()
     cut = int(expected.finish_reason == "length")
     assert "tok/s" in err and f"{cut} of 1 answers cut at --max-new-tokens 16" in err
+
+
+def test_key_ids_make_chunked_sampling_equal_one_call(handle):
+    """THINK samples in chunks: sample j of prompt p must not depend on the chunk it is in."""
+    from tpt_jax.sampler import SamplingParams
+
+    prompts = [handle.encode_prompt([{"role": "user", "content": f"{a} + {a}?"}]) for a in range(5)]
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, n=2, seed=11)
+    whole = handle.generate_ids(prompts, params)
+    parts = handle.generate_ids(prompts[:2], params) + handle.generate_ids(
+        prompts[2:], params, key_ids=[2, 3, 4]
+    )
+    assert [[s.tokens for s in p] for p in whole] == [[s.tokens for s in p] for p in parts]
+    shifted = handle.generate_ids(prompts[2:], params)  # default ids 0..2: other streams
+    assert [[s.tokens for s in p] for p in shifted] != [[s.tokens for s in p] for p in whole[2:]]
+    with pytest.raises(TptError, match="2 key ids for 5 prompts"):
+        handle.generate_ids(prompts, params, key_ids=[0, 1])
