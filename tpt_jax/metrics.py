@@ -68,13 +68,14 @@ class Progress:
         unit: str = "it",
         stream: TextIO | None = None,
         every_s: float = 10.0,
+        initial: int = 0,
     ):
         self.label, self.total, self.unit = label, max(int(total), 0), unit
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() and os.environ.get("TERM") != "dumb"
         self.every_s = 0.2 if self.tty else every_s
         self.start = time.perf_counter()
-        self.done = 0
+        self.done = self.initial = initial  # work done before this process (a resumed run)
         self.extra = ""
         self._last = 0.0
         self._drawn: tuple[int, str] | None = None
@@ -93,7 +94,7 @@ class Progress:
 
     def line(self, now: float | None = None) -> str:
         elapsed = (now or time.perf_counter()) - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
         left = (self.total - self.done) / rate if rate > 0 else float("nan")
         eta = f"ETA {format_seconds(left)}" if self.done < self.total else "done"
         text = (

@@ -33,13 +33,13 @@ from typing import Any
 
 import jax
 
-from tpt_jax import checkpoint
+from tpt_jax import checkpoint, faults
 from tpt_jax.api import ModelHandle, load
 from tpt_jax.config import RunConfig, config_hash, to_dict
 from tpt_jax.data import encode_example
 from tpt_jax.errors import TptError
 from tpt_jax.evaluate import evaluate
-from tpt_jax.metrics import MetricsWriter
+from tpt_jax.metrics import MetricsWriter, Progress
 from tpt_jax.models.config import preset
 from tpt_jax.models.transformer import init_model
 from tpt_jax.prune import prune
@@ -211,8 +211,20 @@ class Run:
             sets[t["split"]].append(example)
         self._handle = None  # training consumes (donates) the loaded weights
 
+        bar: list[Progress] = []
+
         def log(record: dict[str, Any]) -> None:
             self.metrics.write(f"train/round_{r}", int(record.get("step", 0)), **record)
+            if "loss" in record:
+                if not bar:  # a resumed run starts the bar where training resumes
+                    total, done = record["total_steps"], record["step"] - 1
+                    bar.append(Progress("train", total, "steps", initial=done))
+                bar[0].update(
+                    1, f"loss {record['loss']:.3f} {record.get('tokens_per_s', 0):.0f} tok/s"
+                )
+            if "val_loss" in record:
+                _say(f"  step {record['step']}: validation loss {record['val_loss']:.4f}")
+            faults.reached("train.step")
 
         model, result = train(
             handle.model,
@@ -224,6 +236,8 @@ class Run:
             work_dir=out,
             log=log,
         )
+        if bar:
+            bar[0].close()
         checkpoint.save_checkpoint(model, model_dir, tokenizer=handle.tokenizer)
         summary = {k: v for k, v in vars(result).items() if k != "history"}
         return {"model": str(model_dir), "carried": False, **summary}

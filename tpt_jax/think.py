@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tpt_jax import faults
 from tpt_jax.api import ModelHandle
 from tpt_jax.config import TaskConfig
 from tpt_jax.errors import TptError
@@ -131,6 +132,7 @@ def sample_to_file(
             f.write("".join(lines))
             f.flush()
             os.fsync(f.fileno())
+            faults.reached("think.chunk")
             seconds = time.perf_counter() - t0
             rate = {"tokens_per_s": tokens_made / seconds, "samples_per_s": 0.0}
             rate["samples_per_s"] = progress.done / seconds if seconds else 0.0
