@@ -1,0 +1,100 @@
+"""The whole loop on configs/smoke.yaml (a tiny random model): every stage, every file, the
+report, refusal of a changed config, and resume after `kill -9` during THINK and TRAIN."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+
+def tpt(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The `tpt` command in a fresh process on one CPU device (as a user runs it)."""
+    full = {k: v for k, v in os.environ.items() if k != "TPT_KILL_AT"}
+    full.update({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "tpt_jax.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full,
+        cwd=ROOT,
+        timeout=600,
+    )
+
+
+def results(run_dir: Path) -> dict:
+    """Everything that must be identical between an uninterrupted and a resumed run."""
+    out = {}
+    for pattern in ("round_*/*/*.jsonl", "round_*/*/stats.json", "round_*/*/summary.json"):
+        for path in sorted(run_dir.glob(pattern)):
+            out[str(path.relative_to(run_dir))] = path.read_text()
+    report = json.loads(tpt("report", str(run_dir), "--json").stdout)
+    for row in report["rounds"]:
+        row.pop("wall_seconds"), row.pop("model")
+    out["report"] = report
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    proc = tpt("run", str(SMOKE), "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_smoke_run_writes_every_stage(finished):
+    for r in (1, 2):
+        d = finished / f"round_{r}"
+        for stage in ("think", "prune", "train", "eval"):
+            assert (d / stage / "DONE.json").exists(), (r, stage)
+        traces = (d / "think" / "traces.jsonl").read_text().splitlines()
+        assert len(traces) == 12 * 2  # train_size x think.n
+        assert (d / "model" / "COMMITTED").exists()
+    manifest = json.loads((finished / "round_2" / "manifest.json").read_text())
+    for key in ("seed", "config_hash", "data_hash", "versions", "devices", "wall_seconds"):
+        assert key in manifest
+    assert (finished / "report.png").read_bytes()[:4] == b"\x89PNG"
+    tags = {json.loads(x)["tag"] for x in (finished / "metrics.jsonl").read_text().splitlines()}
+    assert {"eval", "think", "prune", "train/round_1", "train/round_2"} <= tags
+    assert list((finished / "tb").glob("events.out.tfevents.*"))
+
+
+def test_report_json_and_table(finished):
+    rows = json.loads(tpt("report", str(finished), "--json").stdout)["rounds"]
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[0]["n_train_examples"] is None and rows[1]["n_train_examples"] == 16
+    assert all(0 <= r["pass_at_1"] <= 1 for r in rows)
+    table = tpt("report", str(finished)).stdout
+    assert "Pass@1 % [95% CI]" in table and len(table.splitlines()) >= 5
+
+
+def test_rerun_changes_nothing_and_other_config_is_refused(finished):
+    before = {p: p.stat().st_mtime_ns for p in finished.rglob("*") if p.is_file()}
+    proc = tpt("run", str(SMOKE), "--run-dir", str(finished))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    after = {p: p.stat().st_mtime_ns for p in finished.rglob("*") if p.is_file()}
+    changed = [p.name for p in before if after.get(p) != before[p]]
+    assert set(changed) <= {"report.png", "config.json", ".lock"}, changed
+    proc = tpt("run", str(SMOKE), "--run-dir", str(finished), "--set", "think.n=3")
+    assert proc.returncode == 2
+    assert "different config (think.n: 2 then, 3 now)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("point", ["think.chunk:4", "train.step:3"])
+def test_resume_after_kill_9_equals_uninterrupted(finished, tmp_path, point):
+    """Chunk 4 of sampling is the 2nd chunk of round 1's THINK (round 0's eval makes two);
+    train step 3 of round 1 lies after the train state saved at step 2."""
+    run_dir = tmp_path / "run"
+    killed = tpt("run", str(SMOKE), "--run-dir", str(run_dir), env={"TPT_KILL_AT": point})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (run_dir / "round_2" / "manifest.json").exists()
+    resumed = tpt("run", str(SMOKE), "--run-dir", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert results(run_dir) == results(finished)
