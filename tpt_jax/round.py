@@ -214,14 +214,16 @@ class Run:
         bar: list[Progress] = []
 
         def log(record: dict[str, Any]) -> None:
-            self.metrics.write(f"train/round_{r}", int(record.get("step", 0)), **record)
+            fields = {k: v for k, v in record.items() if k != "step"}
+            self.metrics.write(f"train/round_{r}", int(record.get("step", 0)), **fields)
             if "loss" in record:
-                if not bar:  # a resumed run starts the bar where training resumes
-                    total, done = record["total_steps"], record["step"] - 1
-                    bar.append(Progress("train", total, "steps", initial=done))
-                bar[0].update(
-                    1, f"loss {record['loss']:.3f} {record.get('tokens_per_s', 0):.0f} tok/s"
-                )
+                text = f"loss {record['loss']:.3f} {record.get('tokens_per_s', 0):.0f} tok/s"
+                if not bar:  # the first step (compilation) or a resume point starts the clock
+                    bar.append(
+                        Progress("train", record["total_steps"], "steps", initial=record["step"])
+                    )
+                else:
+                    bar[0].update(1, text)
             if "val_loss" in record:
                 _say(f"  step {record['step']}: validation loss {record['val_loss']:.4f}")
             faults.reached("train.step")
