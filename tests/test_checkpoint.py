@@ -260,3 +260,70 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     save_checkpoint(init_model(LLAMA), tmp_path / "empty")
     assert is_checkpoint(tmp_path / "empty")
+
+
+# --- train states -----------------------------------------------------------------------------
+
+
+def _train_state(mesh_shape) -> dict:
+    """Parameters and Adam moments (distinct values), sharded on `mesh_shape`."""
+    import optax
+
+    params = nnx.state(_placed(LLAMA, mesh_shape), nnx.Param)
+    opt = optax.adam(1e-3).init(params)
+    opt = jax.tree.map(lambda x: x + 3 if x.ndim == 0 else x + 0.5, opt)
+    return {"params": params, "opt": opt}
+
+
+def _target(state: dict, mesh) -> dict:
+    """The state's shapes with a simple other layout: first dimension over fsdp where it fits."""
+
+    def one(x):
+        spec = ("fsdp",) if x.ndim and x.shape[0] % mesh.shape["fsdp"] == 0 else ()
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    return jax.tree.map(one, state)
+
+
+def test_train_state_restores_bit_exact_onto_another_mesh(tmp_path: Path) -> None:
+    state = _train_state((1, 8, 1))
+    meta = {"step": 7, "best_val_loss": 0.25, "history": [{"step": 1, "loss": 1.5}]}
+    ckpt.save_train_state(tmp_path / "state", state, meta)
+    assert ckpt.read_train_state_meta(tmp_path / "state") == meta
+    mesh = make_mesh((2, 2, 2))
+    target = _target(state, mesh)
+    restored, restored_meta = ckpt.load_train_state(tmp_path / "state", target)
+    assert restored_meta == meta
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    for got, want, tgt in zip(
+        jax.tree.leaves(restored), jax.tree.leaves(state), jax.tree.leaves(target), strict=True
+    ):
+        assert got.sharding == tgt.sharding and got.dtype == want.dtype
+        bits = lambda a: np.asarray(a).reshape(-1).view(np.uint8)  # noqa: E731
+        assert np.array_equal(bits(got), bits(want))
+    # Overwriting replaces it atomically, leaving no temporary siblings.
+    ckpt.save_train_state(tmp_path / "state", state, {**meta, "step": 8})
+    assert ckpt.read_train_state_meta(tmp_path / "state")["step"] == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["state"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_train_state_refuses_another_tree_and_uncommitted_states(tmp_path: Path) -> None:
+    state = _train_state((1, 8, 1))
+    ckpt.save_train_state(tmp_path / "state", state, {"step": 1})
+    mesh = make_mesh((1, 8, 1))
+    other = {"params": state["params"], "opt": state["opt"][0].mu}  # another optimizer's tree
+    with pytest.raises(CheckpointError, match="another model or optimizer"):
+        ckpt.load_train_state(tmp_path / "state", _target(other, mesh))
+    (tmp_path / "state" / MARKER).unlink()
+    assert ckpt.read_train_state_meta(tmp_path / "state") is None
+    with pytest.raises(CheckpointError, match="no committed train state"):
+        ckpt.load_train_state(tmp_path / "state", _target(state, mesh))
+    assert ckpt.read_train_state_meta(tmp_path / "missing") is None
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="not replacing"):
+        ckpt.save_train_state(foreign, state, {})
+    gc.collect()

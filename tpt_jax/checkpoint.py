@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,33 +56,15 @@ def save_checkpoint(model: Transformer, directory: str | Path, *, tokenizer: Any
     directory.parent.mkdir(parents=True, exist_ok=True)
     hf_cfg = _config_json(model)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    occupied = directory.is_file() or (directory.is_dir() and any(directory.iterdir()))
-    if occupied and not is_checkpoint(directory):
-        # Replacing would delete whatever is there: refuse rather than guess it is disposable.
-        raise CheckpointError(f"{directory}: exists and is not a tpt_jax checkpoint; not replacing")
-    _remove_leftovers(directory)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
-        checkpointer = _checkpointer()
-        try:
-            checkpointer.save(tmp / "params", args=ocp.args.StandardSave(params))
-        finally:
-            checkpointer.close()
+        _save_tree(tmp / "params", params)
         if tokenizer is not None:
             (tmp / "tokenizer").mkdir()
             tokenizer.save_pretrained(tmp / "tokenizer")
-        # The marker must not reach the disk before the data it vouches for.
-        _fsync_tree(tmp)
-        with open(tmp / MARKER, "w") as f:
-            f.write(f"tpt_jax checkpoint format {FORMAT_VERSION}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync(tmp)
-        _swap_into_place(tmp, directory)
-    finally:
-        # After a swap `tmp` holds the previous checkpoint; after a failure, the partial one.
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    _write_committed(directory, write)
     return directory
 
 
@@ -112,16 +95,7 @@ def load_checkpoint(
         nnx.to_pure_dict(abstract),
         shardings,
     )
-    checkpointer = _checkpointer()
-    try:
-        restored = checkpointer.restore(directory / "params", args=ocp.args.StandardRestore(target))
-    except Exception as e:  # orbax/tensorstore raise many types; the user needs one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(
-            f"{directory / 'params'}: cannot restore parameters ({type(e).__name__}: {first})"
-        ) from e
-    finally:
-        checkpointer.close()
+    restored = _restore_tree(directory / "params", target)
     nnx.replace_by_pure_dict(abstract, restored)
     return nnx.merge(graphdef, abstract)
 
@@ -144,7 +118,129 @@ def checkpoint_tokenizer_dir(directory: str | Path) -> Path | None:
     return path if path.is_dir() else None
 
 
+# --- train states -----------------------------------------------------------------------------
+# A train state is any pytree of arrays (parameters, optimizer state) plus JSON metadata (step,
+# best-so-far, history). The arrays are stored flat, one Orbax entry per leaf, with the leaves'
+# key paths in state.json: restoring needs no knowledge of optax's or nnx's tree types, and a
+# state written for another model or optimizer is refused by name instead of half-restored.
+
+STATE_FORMAT = 1
+
+
+def save_train_state(directory: str | Path, state: Any, meta: dict[str, Any]) -> Path:
+    """Write `state` (a pytree of arrays) and `meta` (JSON-able) as a committed train state.
+
+    Atomic like `save_checkpoint`: the previous state stays loadable until this one is complete.
+    """
+    if jax.process_count() > 1:
+        raise NotImplementedError("save_train_state supports single-process runs only")
+    directory = Path(directory).absolute()
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    header = {
+        "tpt_jax_train_state": STATE_FORMAT,
+        "leaves": [jax.tree_util.keystr(path) for path, _ in leaves],
+        "meta": meta,
+    }
+    arrays = {_leaf_key(i): leaf for i, (_, leaf) in enumerate(leaves)}
+
+    def write(tmp: Path) -> None:
+        (tmp / "state.json").write_text(json.dumps(header) + "\n")
+        _save_tree(tmp / "arrays", arrays)
+
+    _write_committed(directory, write)
+    return directory
+
+
+def read_train_state_meta(directory: str | Path) -> dict[str, Any] | None:
+    """The metadata of the committed train state at `directory`, or None if there is none."""
+    header = _read_state_header(Path(directory))
+    return None if header is None else header["meta"]
+
+
+def load_train_state(directory: str | Path, target: Any) -> tuple[Any, dict[str, Any]]:
+    """(state, meta) from a committed train state. `target` is a pytree of
+    `jax.ShapeDtypeStruct` with shardings (the shape of what was saved): each device reads only
+    its own shards, on any mesh."""
+    directory = Path(directory)
+    header = _read_state_header(directory)
+    if header is None:
+        raise CheckpointError(f"{directory}: no committed train state")
+    paths, treedef = jax.tree_util.tree_flatten_with_path(target)
+    names = [jax.tree_util.keystr(path) for path, _ in paths]
+    if names != header["leaves"]:
+        missing = sorted(set(names) ^ set(header["leaves"]))[:3]
+        raise CheckpointError(
+            f"{directory / 'state.json'}: saved for another model or optimizer "
+            f"(differs at {', '.join(missing) or 'leaf order'})"
+        )
+    restored = _restore_tree(
+        directory / "arrays", {_leaf_key(i): leaf for i, (_, leaf) in enumerate(paths)}
+    )
+    leaves = [restored[_leaf_key(i)] for i in range(len(paths))]
+    return jax.tree_util.tree_unflatten(treedef, leaves), header["meta"]
+
+
+def _leaf_key(i: int) -> str:
+    return f"leaf_{i:06d}"
+
+
+def _read_state_header(directory: Path) -> dict[str, Any] | None:
+    if not (directory / MARKER).is_file():
+        return None
+    path = directory / "state.json"
+    try:
+        header = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable train state ({e})") from None
+    if not isinstance(header, dict) or header.get("tpt_jax_train_state") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a tpt_jax train state of format {STATE_FORMAT}")
+    return header
+
+
 # --- internals ------------------------------------------------------------------------------
+
+
+def _write_committed(directory: Path, write: Callable[[Path], None]) -> None:
+    """Run `write(tmp)` into a hidden sibling, fsync it, mark it COMMITTED, swap it into place."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    occupied = directory.is_file() or (directory.is_dir() and any(directory.iterdir()))
+    if occupied and not is_checkpoint(directory):
+        # Replacing would delete whatever is there: refuse rather than guess it is disposable.
+        raise CheckpointError(f"{directory}: exists and is not a tpt_jax checkpoint; not replacing")
+    _remove_leftovers(directory)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        write(tmp)
+        # The marker must not reach the disk before the data it vouches for.
+        _fsync_tree(tmp)
+        with open(tmp / MARKER, "w") as f:
+            f.write(f"tpt_jax checkpoint format {FORMAT_VERSION}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync(tmp)
+        _swap_into_place(tmp, directory)
+    finally:
+        # After a swap `tmp` holds the previous checkpoint; after a failure, the partial one.
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_tree(path: Path, tree: Any) -> None:
+    checkpointer = _checkpointer()
+    try:
+        checkpointer.save(path, args=ocp.args.StandardSave(tree))
+    finally:
+        checkpointer.close()
+
+
+def _restore_tree(path: Path, target: Any) -> Any:
+    checkpointer = _checkpointer()
+    try:
+        return checkpointer.restore(path, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # orbax/tensorstore raise many types; the user needs one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: cannot restore ({type(e).__name__}: {first})") from e
+    finally:
+        checkpointer.close()
 
 
 def _checkpointer() -> ocp.Checkpointer:

@@ -1,0 +1,366 @@
+"""Full-parameter SFT (layer 4): AdamW with linear warmup and cosine decay, mixed precision,
+gradient accumulation over fixed-shape microbatches, validation, best-model selection, and
+resumption that reproduces an uninterrupted run bit for bit.
+
+One optimizer step = a jitted micro-step per microbatch, adding loss-sum gradients into an
+accumulator, then a jitted apply-step that divides by the step's total number of completion
+tokens and updates. Two jits rather than a `lax.scan` over microbatches: packing makes the
+number of microbatches vary from step to step, and a scan would compile once per count; the
+micro-step sees one shape, [micro_batch, max_len], and compiles once.
+
+Validation loss is measured before training too (step 0), so a round whose training only makes
+the model worse returns the model it was given. The best model lives on disk (`work_dir/best`),
+never as a second copy on device; `work_dir/state` holds the resumable train state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from tpt_jax import checkpoint
+from tpt_jax.config import TrainConfig
+from tpt_jax.data import Rows, SFTExample, drop_long, epoch_steps, eval_batches, steps_per_epoch
+from tpt_jax.errors import TptError
+from tpt_jax.losses import masked_cross_entropy
+from tpt_jax.models.transformer import Transformer
+from tpt_jax.sharding import TRAIN_RULES, batch_sharding, logical_to_spec
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+Batch = dict[str, jax.Array]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int  # optimizer steps taken (all epochs)
+    examples: int  # training examples that fit max_len (each used once per epoch)
+    dropped: int  # training examples longer than max_len, left out
+    val_examples: int
+    val_dropped: int
+    tokens: int  # non-padding tokens trained on
+    loss_tokens: int  # completion tokens trained on
+    best_step: int | None  # lowest validation loss (0 = the input model); None without val set
+    best_val_loss: float | None
+    final_loss: float | None  # train loss of the last step
+    history: tuple[dict[str, Any], ...]  # per step: loss, lr, grad_norm, ...; val_loss entries
+
+
+def lr_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
+    """0 → lr linearly over ceil(warmup_ratio · total) steps, then cosine to 0 at `total`.
+
+    As transformers' cosine schedule: step s uses schedule(s), so the first step of a warmup
+    has lr 0 (it still fills Adam's moments) and the last has a small positive lr.
+    """
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    decay = max(total_steps - warmup, 1)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        count = jnp.asarray(count, jnp.float32)
+        rising = cfg.lr * count / max(warmup, 1)
+        frac = jnp.clip((count - warmup) / decay, 0.0, 1.0)
+        return jnp.where(count < warmup, rising, 0.5 * cfg.lr * (1.0 + jnp.cos(jnp.pi * frac)))
+
+    return schedule
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """Global-norm clipping (when clip > 0), then AdamW. Weight decay skips vectors (norm
+    weights), as transformers' Trainer does."""
+    adamw = optax.adamw(
+        lr_schedule(cfg, total_steps),
+        b1=cfg.b1,
+        b2=cfg.b2,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        mask=lambda params: jax.tree.map(lambda x: x.ndim > 1, params),
+    )
+    return optax.chain(optax.clip_by_global_norm(cfg.clip), adamw) if cfg.clip > 0 else adamw
+
+
+def loss_sums(
+    params: nnx.State, graphdef: nnx.GraphDef, batch: Batch, compute_dtype: Any
+) -> tuple[jax.Array, jax.Array]:
+    """(summed token loss, loss tokens) of packed rows; the forward pass runs on params cast
+    to `compute_dtype`, so gradients arrive in the master dtype through the cast."""
+    cast = jax.tree.map(lambda x: x.astype(compute_dtype), params)
+    model = nnx.merge(graphdef, cast)
+    logits = model(batch["tokens"], batch["positions"], batch["valid"], batch["segments"])
+    return masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+
+
+# --- compiled steps ---------------------------------------------------------------------------
+
+
+def _micro_step(graphdef, compute_dtype, params, acc, batch):
+    grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
+    (total, count), grads = grad_fn(params, graphdef, batch, compute_dtype)
+    return {
+        "grads": jax.tree.map(jnp.add, acc["grads"], grads),
+        "loss": acc["loss"] + total,
+        "tokens": acc["tokens"] + count,
+    }
+
+
+def _apply_step(tx, params, opt_state, acc):
+    # The mean over every completion token of the step, however they were packed or split.
+    count = jnp.maximum(acc["tokens"], 1.0)
+    grads = jax.tree.map(lambda g: (g.astype(jnp.float32) / count).astype(g.dtype), acc["grads"])
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = {"loss": acc["loss"] / count, "grad_norm": optax.tree.norm(grads)}
+    return params, opt_state, jax.tree.map(jnp.zeros_like, acc), metrics
+
+
+def _zero_acc(params):
+    zero = jnp.zeros((), jnp.float32)
+    return {"grads": jax.tree.map(jnp.zeros_like, params), "loss": zero, "tokens": zero}
+
+
+def _shardings(tree: Any, mesh: Mesh) -> Any:
+    """A NamedSharding per array: parameters, and the optimizer moments that copy their
+    variables' metadata, by logical axes through TRAIN_RULES; step counts replicated."""
+
+    def one(x: Any) -> Any:
+        if isinstance(x, nnx.Variable):
+            axes = x.get_metadata().get("logical_axes") or (None,) * len(x.shape)
+            spec = logical_to_spec(axes, x.shape, mesh, TRAIN_RULES)
+            return jax.tree.map(lambda _: NamedSharding(mesh, spec), x)
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+class _Compiled:
+    """The jitted functions of one (model shapes, mesh, config, step count). Reads only the
+    config fields that `_compiled` keys its cache on."""
+
+    def __init__(self, graphdef, params, mesh: Mesh, cfg: TrainConfig, total_steps: int):
+        self.schedule = jax.jit(lr_schedule(cfg, total_steps))
+        tx = make_optimizer(cfg, total_steps)
+        self.param_sh = _shardings(params, mesh)
+        self.opt_sh = _shardings(jax.eval_shape(tx.init, params), mesh)
+        scalar = NamedSharding(mesh, PartitionSpec())
+        acc_sh = {"grads": self.param_sh, "loss": scalar, "tokens": scalar}
+        batch_sh = {k: batch_sharding(mesh, cfg.micro_batch, 2) for k in Rows.empty(0, 0).arrays()}
+        dtype = COMPUTE_DTYPES[cfg.compute_dtype]
+        self.init_opt = jax.jit(tx.init, in_shardings=(self.param_sh,), out_shardings=self.opt_sh)
+        self.zero_acc = jax.jit(_zero_acc, in_shardings=(self.param_sh,), out_shardings=acc_sh)
+        self.micro = jax.jit(
+            lambda p, a, b: _micro_step(graphdef, dtype, p, a, b),
+            in_shardings=(self.param_sh, acc_sh, batch_sh),
+            out_shardings=acc_sh,
+            donate_argnums=1,
+        )
+        self.apply = jax.jit(
+            lambda p, o, a: _apply_step(tx, p, o, a),
+            in_shardings=(self.param_sh, self.opt_sh, acc_sh),
+            out_shardings=(self.param_sh, self.opt_sh, acc_sh, scalar),
+            donate_argnums=(0, 1, 2),
+        )
+        self.eval = jax.jit(
+            lambda p, b: loss_sums(p, graphdef, b, dtype),
+            in_shardings=(self.param_sh, batch_sh),
+            out_shardings=(scalar, scalar),
+        )
+        abstract = {"params": params, "opt": jax.eval_shape(tx.init, params)}
+        self.state_target = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            abstract,
+            {"params": self.param_sh, "opt": self.opt_sh},
+        )
+
+    def val_loss(self, params: nnx.State, batches: Sequence[Rows]) -> float:
+        total = count = 0.0
+        for rows in batches:
+            s, n = self.eval(params, rows.arrays())
+            total, count = total + float(s), count + float(n)
+        return total / count
+
+
+_CACHE: dict[tuple, _Compiled] = {}
+
+
+def _compiled(graphdef, params, mesh: Mesh, cfg: TrainConfig, total_steps: int) -> _Compiled:
+    # Rounds of one run train the same shapes: reuse the compilations instead of redoing them.
+    # The key holds only what the compiled code depends on: a new `select`, `eval_every` or
+    # `pack` (batches keep their shape) compiles nothing.
+    shapes = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params))
+    optimizer = (cfg.lr, cfg.warmup_ratio, cfg.weight_decay, cfg.b1, cfg.b2, cfg.eps, cfg.clip)
+    compute = (cfg.micro_batch, cfg.compute_dtype)
+    key = (graphdef, shapes, mesh, optimizer, compute, total_steps)
+    if key not in _CACHE:
+        if len(_CACHE) >= 4:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = _Compiled(graphdef, params, mesh, cfg, total_steps)
+    return _CACHE[key]
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+def train(
+    model: Transformer,
+    mesh: Mesh,
+    train_set: Sequence[SFTExample],
+    val_set: Sequence[SFTExample],
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    work_dir: str | Path,
+    log: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[Transformer, TrainResult]:
+    """Fine-tune `model` on `train_set`; returns the selected model and a summary.
+
+    `model` is consumed: its parameters are donated to training (use the returned model, whose
+    parameters are sharded over `mesh` with TRAIN_RULES). The returned model is the one with the
+    lowest validation loss, step 0 included, when `cfg.select` is "best_val" and there is a
+    validation set, else the last. Examples longer than `cfg.max_len` are dropped and counted.
+    `log` receives a dict every step and at every validation. Called again with the same
+    `work_dir`, arguments and data, it resumes from the last saved train state (saved every
+    `cfg.eval_every` steps and at the end) and returns what an uninterrupted run returns.
+    """
+    cfg.check()
+    log = log or (lambda record: None)
+    work_dir = Path(work_dir)
+    state_dir, best_dir = work_dir / "state", work_dir / "best"
+    train_set, dropped = drop_long(train_set, cfg.max_len)
+    val_set, val_dropped = drop_long(val_set, cfg.max_len)
+    if not train_set:
+        raise TptError(f"train.max_len={cfg.max_len}: none of the training examples fits")
+    per_epoch = steps_per_epoch(len(train_set), cfg.global_batch)
+    total = per_epoch * cfg.epochs
+    graphdef, params = nnx.split(model, nnx.Param)
+    fns = _compiled(graphdef, params, mesh, cfg, total)
+    val_batches = eval_batches(val_set, cfg)
+    keep_best = cfg.select == "best_val" and bool(val_batches)
+    run_id = _fingerprint(cfg, seed, train_set, val_set)
+
+    meta = checkpoint.read_train_state_meta(state_dir)
+    if meta is not None:
+        if meta["run_id"] != run_id:
+            raise TptError(
+                f"{state_dir}: train state of another run (config, seed or data differ); "
+                "remove it to start over"
+            )
+        for x in jax.tree.leaves(params):  # the saved state replaces the input weights
+            x.delete()
+        (params, opt_state), meta = _restore(fns, state_dir)
+    else:
+        params = jax.device_put(params, fns.param_sh, donate=True)
+        meta = {"run_id": run_id, "step": 0, "best_step": None, "best_val_loss": None}
+        meta["history"] = []
+        opt_state = fns.init_opt(params)
+
+    def validate(step: int) -> None:
+        loss = fns.val_loss(params, val_batches)
+        if meta["best_val_loss"] is None or loss < meta["best_val_loss"]:
+            if keep_best:
+                checkpoint.save_checkpoint(nnx.merge(graphdef, params), best_dir)
+            meta.update(best_step=step, best_val_loss=loss)
+        meta["history"].append({"step": step, "val_loss": loss})
+        log({"step": step, "total_steps": total, "val_loss": loss, **_best(meta)})
+
+    if meta["step"] == 0 and val_batches:
+        validate(0)
+    acc = fns.zero_acc(params)
+    step_times: list[float] = []
+    for epoch in range(meta["step"] // per_epoch, cfg.epochs):
+        start = meta["step"] - epoch * per_epoch
+        for batch in epoch_steps(train_set, cfg, seed=seed, epoch=epoch, start=start):
+            began = time.perf_counter()
+            lr = float(fns.schedule(meta["step"]))
+            for rows in batch.micro:
+                acc = fns.micro(params, acc, rows.arrays())
+            params, opt_state, acc, metrics = fns.apply(params, opt_state, acc)
+            meta["step"] += 1
+            step = meta["step"]
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "loss": float(metrics["loss"]),  # waits for the step: the timing below is real
+                "lr": lr,
+                "grad_norm": float(metrics["grad_norm"]),
+                "examples": batch.examples,
+                "tokens": batch.tokens,
+                "loss_tokens": batch.loss_tokens,
+            }
+            meta["history"].append(record)
+            step_times.append(time.perf_counter() - began)
+            log(
+                {
+                    **record,
+                    "total_steps": total,
+                    "tokens_per_s": batch.tokens / step_times[-1],
+                    "examples_per_s": batch.examples / step_times[-1],
+                    "eta_s": float(np.mean(step_times)) * (total - step),
+                }
+            )
+            if step % cfg.eval_every == 0 or step == total:
+                if val_batches:
+                    validate(step)
+                checkpoint.save_train_state(state_dir, {"params": params, "opt": opt_state}, meta)
+
+    del opt_state, acc  # the optimizer state is on disk; free it before loading a best model
+    if keep_best and meta["best_step"] != meta["step"]:
+        del params
+        model = checkpoint.load_checkpoint(best_dir, mesh=mesh, rules=TRAIN_RULES)
+    else:
+        model = nnx.merge(graphdef, params)
+    return model, _result(meta, train_set, dropped, val_set, val_dropped)
+
+
+def _restore(fns: _Compiled, state_dir: Path) -> tuple[tuple[nnx.State, Any], dict[str, Any]]:
+    state, meta = checkpoint.load_train_state(state_dir, fns.state_target)
+    return (state["params"], state["opt"]), meta
+
+
+def _best(meta: dict[str, Any]) -> dict[str, Any]:
+    return {"best_step": meta["best_step"], "best_val_loss": meta["best_val_loss"]}
+
+
+def _result(
+    meta: dict[str, Any],
+    train_set: Sequence[SFTExample],
+    dropped: int,
+    val_set: Sequence[SFTExample],
+    val_dropped: int,
+) -> TrainResult:
+    steps = [h for h in meta["history"] if "loss" in h]
+    return TrainResult(
+        steps=meta["step"],
+        examples=len(train_set),
+        dropped=dropped,
+        val_examples=len(val_set),
+        val_dropped=val_dropped,
+        tokens=sum(h["tokens"] for h in steps),
+        loss_tokens=sum(h["loss_tokens"] for h in steps),
+        final_loss=steps[-1]["loss"] if steps else None,
+        history=tuple(meta["history"]),
+        **_best(meta),
+    )
+
+
+def _fingerprint(
+    cfg: TrainConfig, seed: int, train_set: Sequence[SFTExample], val_set: Sequence[SFTExample]
+) -> str:
+    """Identifies a run's inputs, so a train state is only ever resumed by the same run."""
+    h = hashlib.sha256(json.dumps([asdict(cfg), seed], sort_keys=True).encode())
+    for part in (train_set, val_set):
+        for ex in part:
+            ids = [len(ex.prompt), len(ex.completion), *ex.prompt, *ex.completion]
+            h.update(np.asarray(ids, np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]
