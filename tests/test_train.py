@@ -56,12 +56,17 @@ def params_of(model: Transformer) -> dict:
 
 
 def run(
-    tmp: Path, cfg: TrainConfig = CFG, mesh=ONE_DEVICE, val=EXAMPLES, log=None, train_set=EXAMPLES
+    tmp: Path,
+    cfg: TrainConfig = CFG,
+    mesh=ONE_DEVICE,
+    val=EXAMPLES,
+    log=None,
+    train_set=EXAMPLES,
+    model: Transformer | None = None,
 ):
     mesh = make_mesh(mesh, jax.devices()[: int(np.prod(mesh))])
-    return train(
-        init_model(LLAMA, seed=1), mesh, train_set, val, cfg, seed=0, work_dir=tmp, log=log
-    )
+    model = model or init_model(LLAMA, seed=1)
+    return train(model, mesh, train_set, val, cfg, seed=0, work_dir=tmp, log=log)
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +290,10 @@ def test_too_long_examples_are_counted_and_an_empty_set_is_an_error(tmp_path: Pa
 @pytest.mark.parametrize("mesh", [(2, 2, 2), (1, 4, 2)])
 def test_sharded_run_equals_single_device(reference, tmp_path: Path, mesh) -> None:
     params, result = reference
-    model, sharded = run(tmp_path, mesh=mesh)
+    given = init_model(LLAMA, seed=1)
+    model, sharded = run(tmp_path, mesh=mesh, model=given)
+    # Training consumed the input model: no second copy of the weights stays on device.
+    assert all(x.is_deleted() for x in jax.tree.leaves(nnx.state(given)))
     got = params_of(model)
     for k in params:
         np.testing.assert_allclose(got[k], params[k], atol=2e-5, rtol=1e-4)

@@ -20,7 +20,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,8 @@ class _Compiled:
         self.opt_sh = _shardings(jax.eval_shape(tx.init, params), mesh)
         scalar = NamedSharding(mesh, PartitionSpec())
         acc_sh = {"grads": self.param_sh, "loss": scalar, "tokens": scalar}
-        batch_sh = {k: batch_sharding(mesh, cfg.micro_batch, 2) for k in Rows.empty(0, 0).arrays()}
+        rows = batch_sharding(mesh, cfg.micro_batch, 2)
+        batch_sh = {f.name: rows for f in fields(Rows)}
         dtype = COMPUTE_DTYPES[cfg.compute_dtype]
         self.init_opt = jax.jit(tx.init, in_shardings=(self.param_sh,), out_shardings=self.opt_sh)
         self.zero_acc = jax.jit(_zero_acc, in_shardings=(self.param_sh,), out_shardings=acc_sh)
@@ -239,7 +240,11 @@ def train(
     train_set, dropped = drop_long(train_set, cfg.max_len)
     val_set, val_dropped = drop_long(val_set, cfg.max_len)
     if not train_set:
-        raise TptError(f"train.max_len={cfg.max_len}: none of the training examples fits")
+        raise TptError(
+            f"train.max_len={cfg.max_len}: none of the {dropped} training examples fits"
+            if dropped
+            else "train: no training examples"
+        )
     per_epoch = steps_per_epoch(len(train_set), cfg.global_batch)
     total = per_epoch * cfg.epochs
     graphdef, params = nnx.split(model, nnx.Param)
@@ -259,7 +264,7 @@ def train(
             x.delete()
         (params, opt_state), meta = _restore(fns, state_dir)
     else:
-        params = jax.device_put(params, fns.param_sh, donate=True)
+        params = _take(params, fns.param_sh)
         meta = {"run_id": run_id, "step": 0, "best_step": None, "best_val_loss": None}
         meta["history"] = []
         opt_state = fns.init_opt(params)
@@ -320,6 +325,22 @@ def train(
     else:
         model = nnx.merge(graphdef, params)
     return model, _result(meta, train_set, dropped, val_set, val_dropped)
+
+
+def _take(params: nnx.State, shardings: Any) -> nnx.State:
+    """`params` placed on `shardings`, consuming the input so that one copy of the model stays
+    on device: an array already in place is aliased (the first update donates it); any other
+    is copied by a jitted copy (fresh buffers: device_put may share the input's buffers even
+    across layouts) and the original deleted at once, one array at a time."""
+
+    def one(x: jax.Array, sharding: NamedSharding) -> jax.Array:
+        if x.sharding.is_equivalent_to(sharding, x.ndim):
+            return jax.device_put(x, sharding)
+        y = jax.jit(jnp.copy, out_shardings=sharding)(x).block_until_ready()
+        x.delete()
+        return y
+
+    return jax.tree.map(one, params, shardings)
 
 
 def _restore(fns: _Compiled, state_dir: Path) -> tuple[tuple[nnx.State, Any], dict[str, Any]]:
