@@ -58,6 +58,7 @@ class TaskConfig:
     name: str = "arithmetic"  # arithmetic (built in, offline) or gsm8k
     source: str = "hf:openai/gsm8k"  # gsm8k: hf[:REPO], a directory, or a .jsonl/.parquet file
     levels: tuple[int, ...] = (1, 2)  # arithmetic: reasoning steps per problem
+    max_value: int = 999  # arithmetic: bound on every number shown or computed (10 to 999)
     train_size: int | None = None  # arithmetic: problems generated; gsm8k: first N (None = all)
     test_size: int | None = None  # evaluation problems (None = the whole test split)
     prompt: str = "chat"  # chat (the model's chat template) or plain (base models)
@@ -72,6 +73,8 @@ class TaskConfig:
         for key in ("train_size", "test_size"):
             if getattr(self, key) is not None:
                 _at_least(f"task.{key}", getattr(self, key), 1)
+        if not 10 <= self.max_value <= 999:
+            raise ConfigError(f"task.max_value must be in [10, 999], got {self.max_value}")
         if self.name == "arithmetic":
             if self.train_size is None:
                 raise ConfigError("task.train_size is required for the arithmetic task")

@@ -17,7 +17,7 @@ from typing import Any
 
 from tpt_jax.api import ModelHandle
 from tpt_jax.config import EvalConfig
-from tpt_jax.grading import extract_answer, is_correct, mean_pass_at_k
+from tpt_jax.grading import MODES, extract_answer, is_correct, mean_pass_at_k
 from tpt_jax.sampler import SamplingParams
 from tpt_jax.think import EncodedPrompts, sample_to_file
 
@@ -42,6 +42,11 @@ def grade(records: Sequence[Mapping[str, Any]], answers: Mapping[str, str], mode
         "cut_rate": cut / total,
         "mean_tokens": tokens / total,
     }
+
+
+def _mean_accuracy(graded: dict) -> float:
+    counts = list(graded["counts"].values())
+    return statistics.fmean(c / n for n, c in counts) if counts else 0.0
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
@@ -83,6 +88,10 @@ def summarize(
         "pass_at_1_ci95": [low, high],
         "pass_at_k": {
             str(k): mean_pass_at_k(counts, k) for k in config.k if counts and k <= config.n
+        },
+        # The same samples under every grading mode: how much of a change is answer format.
+        "pass_at_1_by_mode": {
+            mode: _mean_accuracy(grade(sampled, answers, mode)) for mode in MODES
         },
         "extraction_failure_rate": graded["extraction_failure_rate"],
         "cut_rate": graded["cut_rate"],

@@ -306,10 +306,10 @@ class Run:
         if self._problems is None:
             task = self.config.task
             if task.name == "arithmetic":
-                seed, levels = self.config.seed, task.levels
+                args = (task.levels, self.config.seed)
                 self._problems = {
-                    "train": generate_problems("train", task.train_size, levels, seed),
-                    "test": generate_problems("test", task.test_size or 500, levels, seed),
+                    split: generate_problems(split, size, *args, max_value=task.max_value)
+                    for split, size in (("train", task.train_size), ("test", task.test_size or 500))
                 }
             else:
                 self._problems = {
