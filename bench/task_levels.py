@@ -1,6 +1,6 @@
 """How hard is each level of the generated arithmetic task for a model? (Pass@1 per level.)
 
-For each level, K test-split problems from `tpt_jax.tasks.generate_problems` are put to the
+For each level, K test-split problems from `tpt_jax.arithmetic.generate_problems` are put to the
 model zero-shot as one chat turn (`tasks.chat_messages`: the instruction, then the question),
 once greedily and `--n` times at `--temperature` (default 0.8, n 4, seed 0). Each output is
 graded with `tpt_jax.grading` in the `strict` (the paper's) and `normalized` modes; an output with
@@ -34,6 +34,7 @@ import jax
 
 import tpt_jax
 from tpt_jax import grading, tasks
+from tpt_jax.arithmetic import generate_problems
 
 # Candidate wordings of the zero-shot instruction (the first is tasks.INSTRUCTION).
 VARIANTS = {
@@ -131,8 +132,8 @@ def grade(problems, outputs) -> dict:
 
 
 def run_level(handle, args, level: int, instruction: str, sampled: bool) -> dict:
-    problems = tasks.generate_problems("test", args.k, [level], args.seed, max_value=args.max_value)
-    shots = tasks.generate_problems("train", args.shots, [level], 123, max_value=args.max_value)
+    problems = generate_problems("test", args.k, [level], args.seed, max_value=args.max_value)
+    shots = generate_problems("train", args.shots, [level], 123, max_value=args.max_value)
     t0 = time.perf_counter()
     greedy = generate(
         handle, problems, instruction, args.batch, shots,

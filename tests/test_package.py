@@ -20,6 +20,8 @@ LAYERS = {  # DESIGN.md's module map
     "tpt_jax.grading": 0,
     "tpt_jax.config": 0,
     "tpt_jax.tasks": 0,
+    "tpt_jax.arithmetic": 0,
+    "tpt_jax.arithmetic_words": 0,
     "tpt_jax.prune": 0,
     "tpt_jax.metrics": 0,
     "tpt_jax.report": 0,

@@ -35,6 +35,7 @@ import jax
 
 from tpt_jax import checkpoint, faults
 from tpt_jax.api import ModelHandle, load
+from tpt_jax.arithmetic import generate_problems
 from tpt_jax.config import RunConfig, config_hash, to_dict
 from tpt_jax.data import encode_example
 from tpt_jax.errors import TptError
@@ -45,7 +46,7 @@ from tpt_jax.models.transformer import init_model
 from tpt_jax.prune import prune
 from tpt_jax.sampler import SamplingParams
 from tpt_jax.sharding import TRAIN_RULES, make_mesh
-from tpt_jax.tasks import Problem, generate_problems, load_gsm8k
+from tpt_jax.tasks import Problem, load_gsm8k
 from tpt_jax.think import (
     encode_prompts,
     prompt_for,
