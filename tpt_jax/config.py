@@ -62,7 +62,7 @@ class TaskConfig:
     train_size: int | None = None  # arithmetic: problems generated; gsm8k: first N (None = all)
     test_size: int | None = None  # evaluation problems (None = the whole test split)
     prompt: str = "chat"  # chat (the model's chat template) or plain (base models)
-    few_shot: int = 0  # plain prompts only: worked train examples before the question
+    few_shot: int = 0  # worked train examples before the question (earlier turns in chat)
     on_bad_line: str = "fail"  # fail or skip (skipped lines are counted)
 
     def check(self) -> None:
@@ -82,8 +82,6 @@ class TaskConfig:
                 raise ConfigError(
                     f"task.levels must be a list of step counts >= 1, got {self.levels}"
                 )
-        if self.few_shot and self.prompt != "plain":
-            raise ConfigError("task.few_shot needs task.prompt: plain (chat prompts are zero-shot)")
 
 
 @dataclass(frozen=True)

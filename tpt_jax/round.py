@@ -149,7 +149,8 @@ class Run:
             write_records(traces_path, records)
             return {"problems": len({t["problem_id"] for t in records}), "copied_from": str(source)}
         handle = self.model_for(r - 1)
-        problems = self.problems("train")[: cfg.problems]
+        shots = self.config.task.few_shot  # worked examples are shown, never THINK problems
+        problems = self.problems("train")[shots:][: cfg.problems]
         prompts = encode_prompts(
             handle, problems, self.config.task, self.shots(), cfg.max_prompt_tokens,
             cfg.max_new_tokens,

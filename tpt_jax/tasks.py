@@ -86,9 +86,17 @@ INSTRUCTION = (
 )
 
 
-def chat_messages(question: str) -> list[dict[str, str]]:
-    """One user turn: :data:`INSTRUCTION`, a blank line, then the question."""
-    return [{"role": "user", "content": f"{INSTRUCTION}\n\n{question.strip()}"}]
+def chat_messages(question: str, shots: Sequence[Problem] = ()) -> list[dict[str, str]]:
+    """The recipe's zero-shot prompt: one user turn, :data:`INSTRUCTION`, a blank line, then
+    the question. With `shots`, each worked example comes first as an earlier user turn and
+    its reference solution (annotations removed) as the assistant's reply, so the model sees
+    the answer format in its own chat format and still ends its turn with the end token."""
+    messages = []
+    for shot in shots:
+        messages.append({"role": "user", "content": f"{INSTRUCTION}\n\n{shot.question.strip()}"})
+        messages.append({"role": "assistant", "content": strip_calculator(shot.solution).strip()})
+    messages.append({"role": "user", "content": f"{INSTRUCTION}\n\n{question.strip()}"})
+    return messages
 
 
 def plain_prompt(question: str, shots: Sequence[Problem] = ()) -> str:
