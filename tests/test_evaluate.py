@@ -9,7 +9,8 @@ from itertools import combinations
 import pytest
 
 from tpt_jax.config import EvalConfig
-from tpt_jax.evaluate import mean_ci, summarize, wilson
+from tpt_jax.evaluate import summarize
+from tpt_jax.stats import mean_ci, paired_difference, wilson
 from tpt_jax.metrics import MetricsWriter, Progress, format_seconds
 from tpt_jax.report import plot, rounds, table
 
@@ -21,7 +22,7 @@ def rec(pid, text, finish="stop", n_tokens=20):
 
 
 SAMPLED = [
-    rec("a", "2+2=4\n#### 4"), rec("a", "#### 4"), rec("a", "#### 5"), rec("a", "four"),
+    rec("a", "2+2=4\n#### 4"), rec("a", "#### 4"), rec("a", "#### 5"), rec("a", "The answer is 4"),
     rec("b", "#### 10"), rec("b", "#### 10.0"), rec("b", "#### 1", "length"), rec("b", "#### 9"),
     rec("c", "no idea", "length"), rec("c", "#### 2"), rec("c", "#### 2"), rec("c", "#### 2"),
 ]  # fmt: skip
@@ -49,6 +50,10 @@ def test_summary_numbers():
     assert s["greedy_accuracy"] == pytest.approx(2 / 3)
     normalized = summarize(SAMPLED, GREEDY, ANSWERS, EvalConfig(n=4, grading="normalized"))
     assert normalized["pass_at_1"] == pytest.approx(4 / 12)
+    assert s["pass_at_1_by_mode"] == pytest.approx(
+        {"strict": 3 / 12, "normalized": 4 / 12, "lenient": 5 / 12}
+    )
+    assert s["per_problem_accuracy"] == {"a": 0.5, "b": 0.25, "c": 0.0}
     assert "8" not in normalized["pass_at_k"]  # only k <= n are reported
 
 
@@ -56,6 +61,9 @@ def test_intervals():
     assert mean_ci([0.5]) == (0.5, 0.5, 0.5)
     low, high = wilson(8, 10)
     assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)  # standard Wilson 95% values
+    mean, low, high = paired_difference({"a": 1.0, "b": 0.5, "x": 1.0}, {"a": 0.5, "b": 0.5})
+    assert mean == pytest.approx(0.25) and low < 0.25 < high  # only shared problems count
+    assert paired_difference({"a": 1.0}, {"b": 0.0}) is None
     assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == pytest.approx(1.0)
 
 
@@ -71,6 +79,7 @@ def write_manifest(run, r, pass1, kept=None):
             "greedy_accuracy": pass1,
             "extraction_failure_rate": 0.1,
             "problems": 50,
+            "per_problem_accuracy": {"a": pass1, "b": pass1 / 2, "c": 0.0},
         },
     }
     if kept is not None:
@@ -87,6 +96,9 @@ def test_report_rows_table_and_chart(tmp_path):
     rows = rounds(tmp_path)
     assert [r["round"] for r in rows] == [0, 1]
     assert rows[0]["n_train_examples"] is None and rows[1]["n_train_examples"] == 64
+    assert rows[0]["change_vs_base"] is None
+    mean, low, high = rows[1]["change_vs_base"]  # per problem: +0.15, +0.075, 0
+    assert mean == pytest.approx(0.075) and low < mean < high
     text = table(rows)
     assert "20.0 [15.0, 25.0]" in text and "35.0 [30.0, 40.0]" in text and "Pass@4 %" in text
     png = plot(rows, tmp_path / "chart.png")

@@ -9,7 +9,6 @@ accuracy) / √P. Greedy accuracy gets a Wilson interval.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,9 +18,8 @@ from tpt_jax.api import ModelHandle
 from tpt_jax.config import EvalConfig
 from tpt_jax.grading import MODES, extract_answer, is_correct, mean_pass_at_k
 from tpt_jax.sampler import SamplingParams
+from tpt_jax.stats import mean_ci, wilson
 from tpt_jax.think import EncodedPrompts, sample_to_file
-
-Z95 = 1.959963984540054
 
 
 def grade(records: Sequence[Mapping[str, Any]], answers: Mapping[str, str], mode: str) -> dict:
@@ -47,25 +45,6 @@ def grade(records: Sequence[Mapping[str, Any]], answers: Mapping[str, str], mode
 def _mean_accuracy(graded: dict) -> float:
     counts = list(graded["counts"].values())
     return statistics.fmean(c / n for n, c in counts) if counts else 0.0
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and its normal-approximation 95% interval over independent units."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, mean, mean
-    half = Z95 * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, max(0.0, mean - half), min(1.0, mean + half)
-
-
-def wilson(correct: int, total: int) -> tuple[float, float]:
-    if total == 0:
-        return 0.0, 0.0
-    p = correct / total
-    denom = 1 + Z95**2 / total
-    centre = (p + Z95**2 / (2 * total)) / denom
-    half = Z95 * math.sqrt(p * (1 - p) / total + Z95**2 / (4 * total**2)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def summarize(
@@ -94,6 +73,8 @@ def summarize(
             mode: _mean_accuracy(grade(sampled, answers, mode)) for mode in MODES
         },
         "extraction_failure_rate": graded["extraction_failure_rate"],
+        # Per-problem accuracy, so rounds can be compared problem by problem (paired).
+        "per_problem_accuracy": {pid: c / n for pid, (n, c) in graded["counts"].items()},
         "cut_rate": graded["cut_rate"],
         "mean_tokens": graded["mean_tokens"],
     }

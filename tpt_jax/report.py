@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tpt_jax.errors import TptError
+from tpt_jax.stats import paired_difference
 
 
 def rounds(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -26,17 +27,25 @@ def rounds(run_dir: str | Path) -> list[dict[str, Any]]:
             raise TptError(f"{path}: unreadable manifest ({e})") from None
     if not manifests:
         raise TptError(f"{run_dir}: no finished round yet (no round_*/manifest.json)")
-    return [_row(m) for m in sorted(manifests, key=lambda m: m["round"]) if "eval" in m]
+    finished = sorted((m for m in manifests if "eval" in m), key=lambda m: m["round"])
+    base = finished[0]["eval"] if finished and finished[0]["round"] == 0 else None
+    return [_row(m, base) for m in finished]
 
 
-def _row(manifest: dict[str, Any]) -> dict[str, Any]:
+def _row(manifest: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
     ev = manifest["eval"]
+    change = None
+    if base is not None and manifest["round"] > 0:
+        change = paired_difference(
+            ev.get("per_problem_accuracy", {}), base.get("per_problem_accuracy", {})
+        )
     prune = manifest.get("prune")
     think = manifest.get("think")
     return {
         "round": manifest["round"],
         "pass_at_1": ev["pass_at_1"],
         "pass_at_1_ci95": ev["pass_at_1_ci95"],
+        "change_vs_base": list(change) if change else None,  # paired by problem, with 95% CI
         "pass_at_k": ev.get("pass_at_k", {}),
         "greedy_accuracy": ev.get("greedy_accuracy"),
         "extraction_failure_rate": ev["extraction_failure_rate"],
@@ -54,12 +63,19 @@ def _row(manifest: dict[str, Any]) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width text table: what `tpt report` and the end of `tpt run` print."""
     ks = sorted({k for r in rows for k in r["pass_at_k"] if k != "1"}, key=int)
-    head = ["round", "Pass@1 % [95% CI]"] + [f"Pass@{k} %" for k in ks]
+    head = ["round", "Pass@1 % [95% CI]", "vs base (paired) [95% CI]"]
+    head += [f"Pass@{k} %" for k in ks]
     head += ["greedy %", "no answer %", "kept train", "think acc %"]
     lines = [head]
     for r in rows:
         low, high = r["pass_at_1_ci95"]
         cells = [str(r["round"]), f"{100 * r['pass_at_1']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"]
+        change = r.get("change_vs_base")
+        cells.append(
+            "-"
+            if change is None
+            else "{:+.1f} [{:+.1f}, {:+.1f}]".format(*(100 * x for x in change))
+        )
         cells += [_pct(r["pass_at_k"].get(k)) for k in ks]
         cells += [_pct(r["greedy_accuracy"]), _pct(r["extraction_failure_rate"])]
         cells += [_int(r["n_train_examples"]), _pct(r["think_sample_accuracy"])]
