@@ -98,3 +98,29 @@ def test_resume_after_kill_9_equals_uninterrupted(finished, tmp_path, point):
     resumed = tpt("run", str(SMOKE), "--run-dir", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert results(run_dir) == results(finished)
+
+
+def test_stages_run_alone_in_order(tmp_path):
+    run_dir = str(tmp_path / "run")
+    early = tpt("prune", str(SMOKE), "--run-dir", run_dir, "--round", "1")
+    assert early.returncode == 2 and "stage prune needs think first" in early.stderr
+    for stage, r in (("eval", "0"), ("think", "1"), ("prune", "1")):
+        proc = tpt(stage, str(SMOKE), "--run-dir", run_dir, "--round", r)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "round_0" / "manifest.json").exists()
+    assert (tmp_path / "run" / "round_1" / "prune" / "selected.jsonl").exists()
+    assert not (tmp_path / "run" / "round_1" / "train").exists()
+
+
+def test_cross_model_traces_and_export(finished, tmp_path):
+    """think.traces_from copies another run's traces (the cross-model ablation); export
+    writes the chosen round as a Hugging Face directory."""
+    run_dir = tmp_path / "cross"
+    sets = ["--set", f"think.traces_from={finished}", "--set", "rounds=1", "--set", "export=final"]
+    proc = tpt("run", str(SMOKE), "--run-dir", str(run_dir), *sets)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    mine = (run_dir / "round_1" / "think" / "traces.jsonl").read_text()
+    assert mine == (finished / "round_1" / "think" / "traces.jsonl").read_text()
+    export = run_dir / "export"
+    assert (export / "config.json").exists() and (export / "ROUND").read_text().strip() == "1"
+    assert list(export.glob("*.safetensors")) and (export / "tokenizer.json").exists()
