@@ -10,6 +10,7 @@ no `#### <number>` under strict extraction is a format failure.
     PYTHONPATH=. python bench/task_levels.py --k 30 --sample-levels 1,2,3
     PYTHONPATH=. python bench/task_levels.py --variants --variant-levels 1,2   # + other wordings
     PYTHONPATH=. python bench/task_levels.py --max-value 12 --shots 3          # easier, few-shot
+    PYTHONPATH=. python bench/task_levels.py --max-value 12 --shots 1 --shot-turns  # the demo's
 
 Per level it prints greedy pass (strict / normalized), sampled Pass@1 (strict / normalized /
 lenient, mean over the n samples of every problem), pass@n (strict: the share of problems with a
@@ -86,6 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--shots", type=int, default=0, help="solved train problems of the same level shown first"
     )
+    p.add_argument(
+        "--shot-turns",
+        action="store_true",
+        help="shots as earlier chat turns (tasks.chat_messages), as `task.few_shot` runs them",
+    )
     p.add_argument("--out", default="bench/results/task_levels.json")
     return p.parse_args(argv)
 
@@ -94,11 +100,15 @@ def levels_of(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def generate(handle, problems, instruction: str, batch: int, shots=(), **kw) -> list[list]:
+def generate(
+    handle, problems, instruction: str, batch: int, shots=(), turns=False, **kw
+) -> list[list]:
     out = []
     for i in range(0, len(problems), batch):
         chats = [
-            [{"role": "user", "content": user_turn(instruction, p.question, shots)}]
+            tasks.chat_messages(p.question, shots)
+            if turns
+            else [{"role": "user", "content": user_turn(instruction, p.question, shots)}]
             for p in problems[i : i + batch]
         ]
         out += handle.generate(chats, **kw)
@@ -136,7 +146,7 @@ def run_level(handle, args, level: int, instruction: str, sampled: bool) -> dict
     shots = generate_problems("train", args.shots, [level], 123, max_value=args.max_value)
     t0 = time.perf_counter()
     greedy = generate(
-        handle, problems, instruction, args.batch, shots,
+        handle, problems, instruction, args.batch, shots, args.shot_turns,
         max_new_tokens=args.max_new_tokens, temperature=0.0,
     )  # fmt: skip
     row = {"level": level, "k": len(problems), "greedy": grade(problems, greedy)}
@@ -144,7 +154,7 @@ def run_level(handle, args, level: int, instruction: str, sampled: bool) -> dict
     if sampled:
         t0 = time.perf_counter()
         samples = generate(
-            handle, problems, instruction, max(1, args.batch // args.n), shots,
+            handle, problems, instruction, max(1, args.batch // args.n), shots, args.shot_turns,
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, n=args.n, seed=0,
         )  # fmt: skip
         row["sampled"] = grade(problems, samples)
@@ -224,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
             "top_p": 1.0,
             "max_value": args.max_value,
             "shots": args.shots,
+            "shot_turns": args.shot_turns,
         },
         "levels": [],
         "variants": {},

@@ -56,6 +56,7 @@ def test_smoke_run_writes_every_stage(finished):
         traces = (d / "think" / "traces.jsonl").read_text().splitlines()
         assert len(traces) == 12 * 2  # train_size x think.n
         assert (d / "model" / "COMMITTED").exists()
+        assert not (d / "train" / "state").exists()  # resume scratch goes once TRAIN is done
     manifest = json.loads((finished / "round_2" / "manifest.json").read_text())
     for key in ("seed", "config_hash", "data_hash", "versions", "devices", "wall_seconds"):
         assert key in manifest

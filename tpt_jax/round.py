@@ -7,7 +7,7 @@ Run directory layout (everything a user looks for, nothing hidden):
     round_0/eval/               the base model's evaluation (samples, greedy answers, summary)
     round_R/think/traces.jsonl  THINK: sampled solutions to train problems
     round_R/prune/              PRUNE: selected.jsonl (train + val examples), stats.json
-    round_R/train/              TRAIN: resumable train state, best-validation model, log
+    round_R/train/              TRAIN: resume state and best-validation copy (deleted when done)
     round_R/model/              the round's model (a tpt_jax checkpoint)
     round_R/eval/               EVAL of the round's model
     round_R/manifest.json       written last: a round without it is not finished
@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from importlib import metadata
@@ -58,7 +59,7 @@ from tpt_jax.tokenizer import Tokenizer
 from tpt_jax.train import train
 
 STAGES = ("think", "prune", "train", "eval")
-EVAL_SEED_OFFSET = 7919  # one eval seed for every round: rounds are compared on equal footing
+SCRATCH = ("state", "best")  # TRAIN's resume files, deleted once its DONE.json is written
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -128,6 +129,7 @@ class Run:
         out = self.round_dir(r) / stage
         done = out / "DONE.json"
         if done.exists():
+            _drop_scratch(out)
             return read_json(done)
         for before in STAGES[: STAGES.index(stage)] if r else ():
             if not (self.round_dir(r) / before / "DONE.json").exists():
@@ -136,6 +138,7 @@ class Run:
         _say(f"[round {r}] {stage}")
         result = getattr(self, f"_{stage}")(r, out)
         write_json(done, result)
+        _drop_scratch(out)
         return result
 
     def _think(self, r: int, out: Path) -> dict[str, Any]:
@@ -377,6 +380,14 @@ class Run:
         marker.write_text(f"{pick['round']}\n")
         _say(f"exported round {pick['round']} ({which}) to {out}")
         return out
+
+
+def _drop_scratch(stage_dir: Path) -> None:
+    """Delete what only a resume needs once the stage is done (TRAIN's train state and best
+    copy: three times the model's size with Adam's moments; the round's model is kept)."""
+    for name in SCRATCH:
+        if (stage_dir / name).exists():
+            shutil.rmtree(stage_dir / name)
 
 
 def _lock(run_dir: Path) -> Any:
