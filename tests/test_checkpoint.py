@@ -115,6 +115,14 @@ def test_dtype_cast_on_restore(tmp_path: Path) -> None:
     _assert_same_params(model, restored, dtype=jnp.bfloat16)
 
 
+def test_relative_paths_work(tmp_path: Path, monkeypatch) -> None:
+    """Users type `runs/x/model`; Orbax itself accepts only absolute paths."""
+    monkeypatch.chdir(tmp_path)
+    model = _placed(LLAMA, (1, 8, 1))
+    save_checkpoint(model, Path("runs") / "ck")
+    _assert_same_params(model, load_checkpoint(Path("runs") / "ck"))
+
+
 def test_saved_dtype_is_the_default(tmp_path: Path) -> None:
     model = _placed(LLAMA, (1, 8, 1), dtype=jnp.bfloat16)
     save_checkpoint(model, tmp_path / "ck")

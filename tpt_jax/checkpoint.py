@@ -225,6 +225,7 @@ def _write_committed(directory: Path, write: Callable[[Path], None]) -> None:
 
 
 def _save_tree(path: Path, tree: Any) -> None:
+    path = Path(path).absolute()
     checkpointer = _checkpointer()
     try:
         checkpointer.save(path, args=ocp.args.StandardSave(tree))
@@ -233,6 +234,7 @@ def _save_tree(path: Path, tree: Any) -> None:
 
 
 def _restore_tree(path: Path, target: Any) -> Any:
+    path = Path(path).absolute()  # Orbax refuses relative paths, which users type
     checkpointer = _checkpointer()
     try:
         return checkpointer.restore(path, args=ocp.args.StandardRestore(target))
