@@ -141,7 +141,9 @@ def _run(args: argparse.Namespace) -> None:
         return
     rows = report.rounds(run_dir)
     print(report.table(rows))
-    chart = report.plot(rows, Path(run_dir) / "report.png")
+    chart = report.plot(
+        rows, Path(run_dir) / "report.png", f"{Path(run_dir).name}: Pass@k per round"
+    )
     print(f"run directory: {run_dir} (metrics.jsonl, tb/, chart {chart})")
 
 
@@ -155,7 +157,8 @@ def _report(args: argparse.Namespace) -> None:
         print(json.dumps({"rounds": rows}, indent=2))
         return
     print(report.table(rows))
-    print(f"chart: {report.plot(rows, args.png or Path(args.run_dir) / 'report.png')}")
+    title = f"{Path(args.run_dir).name}: Pass@k per round"
+    print(f"chart: {report.plot(rows, args.png or Path(args.run_dir) / 'report.png', title)}")
 
 
 def _prompt_command(sub, name: str, help: str, fn) -> argparse.ArgumentParser:
