@@ -29,6 +29,7 @@ __all__ = [
     "ThinkConfig",
     "TrainConfig",
     "config_hash",
+    "from_dict",
     "load_config",
     "to_dict",
 ]
@@ -64,11 +65,13 @@ class TaskConfig:
     prompt: str = "chat"  # chat (the model's chat template) or plain (base models)
     few_shot: int = 0  # worked train examples before the question (earlier turns in chat)
     on_bad_line: str = "fail"  # fail or skip (skipped lines are counted)
+    on_long_prompt: str = "skip"  # a prompt with no room in the context: skip (counted) or fail
 
     def check(self) -> None:
         _choice("task.name", self.name, ("arithmetic", "gsm8k"))
         _choice("task.prompt", self.prompt, ("chat", "plain"))
         _choice("task.on_bad_line", self.on_bad_line, ("fail", "skip"))
+        _choice("task.on_long_prompt", self.on_long_prompt, ("skip", "fail"))
         _at_least("task.few_shot", self.few_shot, 0)
         for key in ("train_size", "test_size"):
             if getattr(self, key) is not None:
@@ -147,6 +150,7 @@ class TrainConfig:
     select: str = "best_val"  # best_val (the recipe) or last
     init: str = "previous"  # previous round's model (TPT) or base (STaR / ReST-EM style)
     chat_format: bool = True  # False reproduces the authors' quirk: plain text, no end token
+    on_nan: str = "stop"  # NaN/Inf loss or gradients: stop (last good state kept) or skip step
 
     def check(self) -> None:
         _at_least("train.lr", self.lr, 0.0)
@@ -160,6 +164,7 @@ class TrainConfig:
         _choice("train.compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
         _choice("train.select", self.select, ("best_val", "last"))
         _choice("train.init", self.init, ("previous", "base"))
+        _choice("train.on_nan", self.on_nan, ("stop", "skip"))
 
 
 @dataclass(frozen=True)
@@ -269,6 +274,11 @@ def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
             _merge(into[key], value)
         else:
             into[key] = value
+
+
+def from_dict(raw: dict[str, Any], where: str) -> RunConfig:
+    """A RunConfig from a dict such as a run's saved `config.json` (missing keys: defaults)."""
+    return _build(RunConfig, raw, "", where)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

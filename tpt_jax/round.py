@@ -37,7 +37,7 @@ import jax
 from tpt_jax import checkpoint, faults
 from tpt_jax.api import ModelHandle, load
 from tpt_jax.arithmetic import generate_problems
-from tpt_jax.config import RunConfig, config_hash, to_dict
+from tpt_jax.config import RunConfig, config_hash, from_dict, to_dict
 from tpt_jax.data import encode_example
 from tpt_jax.errors import TptError
 from tpt_jax.evaluate import evaluate
@@ -336,7 +336,10 @@ class Run:
         path = self.dir / "config.json"
         mine = to_dict(self.config)
         if path.exists():
-            theirs = read_json(path)
+            try:  # keys added by a newer tpt_jax take their defaults
+                theirs = to_dict(from_dict(read_json(path), str(path)))
+            except TptError:
+                theirs = read_json(path)
             if theirs != mine and not force:
                 diff = _first_difference(theirs, mine)
                 raise TptError(
