@@ -68,6 +68,12 @@ def encode_prompts(
         prompt = prompt_for(problem, task, shots)
         ids = handle.encode_prompt(prompt)
         if len(ids) > limit:
+            if task.on_long_prompt == "fail":
+                raise TptError(
+                    f"problem {problem.id}: its prompt has {len(ids)} tokens, over the limit of "
+                    f"{limit} (context {context}, think.max_prompt_tokens); set "
+                    "task.on_long_prompt: skip to skip and count such problems"
+                )
             out.skipped_too_long += 1
             continue
         out.problems.append(problem)
