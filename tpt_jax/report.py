@@ -86,10 +86,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
     """A bar chart like the paper's Figure 2: Pass@1 per round with 95% intervals, and Pass@k
-    bars beside it when measured."""
-    import matplotlib
+    bars beside it when measured. Without matplotlib (an optional extra on a training node) it
+    draws nothing and returns None: the table and JSON hold the same numbers."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
