@@ -129,22 +129,60 @@ def _run(args: argparse.Namespace) -> None:
 
     config = load_config(args.config, args.set or ())
     run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
+    if args.command != "run" and args.round < (1 if args.command != "eval" else 0):
+        raise TptError(f"tpt {args.command}: --round must be >= 1 (round 0 only evaluates)")
     run = Run(config, run_dir, force=args.force)
+    manifests = []
     if args.command == "run":
-        run.run()
+        manifests = run.run()
     elif args.command == "eval" and args.round == 0:
+        run.preflight()
         run.round(0)
     else:
-        if args.round < 1:
-            raise TptError(f"tpt {args.command}: --round must be >= 1 (round 0 only evaluates)")
+        run.preflight(model=False)
         run.stage(args.command, args.round)
         return
-    rows = report.rounds(run_dir)
+    rows = _report_rows(run_dir)
     print(report.table(rows))
+    for note in _notes(rows):
+        print(note)
     chart = report.plot(
         rows, Path(run_dir) / "report.png", f"{Path(run_dir).name}: Pass@k per round"
     )
     print(f"run directory: {run_dir} (metrics.jsonl, tb/, chart {chart})")
+    if manifests and manifests[-1].get("stopped"):  # on_empty_round: stop ends a run cleanly
+        done = ", ".join(str(r["round"]) for r in rows)
+        print(
+            f"run stopped: {manifests[-1]['reason']} (on_empty_round: stop); finished rounds: "
+            f"{done}; set on_empty_round: carry to go on with the same model"
+        )
+
+
+def _report_rows(run_dir: str | Path) -> list[dict]:
+    """`report.rounds`, plus `carried_from`: for a round whose PRUNE kept nothing under
+    `on_empty_round: carry`, the round whose model it evaluates again (else None)."""
+    import json
+
+    from tpt_jax import report
+
+    rows = report.rounds(run_dir)
+    carried = {}
+    for row in rows:
+        path = Path(run_dir) / f"round_{row['round']}" / "manifest.json"
+        if json.loads(path.read_text(encoding="utf-8")).get("train", {}).get("carried"):
+            carried[row["round"]] = carried.get(row["round"] - 1, row["round"] - 1)
+    for row in rows:
+        row["carried_from"] = carried.get(row["round"])
+    return rows
+
+
+def _notes(rows: list[dict]) -> list[str]:
+    return [
+        f"round {r['round']}: PRUNE kept no training examples, so this is round "
+        f"{r['carried_from']}'s model carried forward (on_empty_round: carry)"
+        for r in rows
+        if r.get("carried_from") is not None
+    ]
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -152,11 +190,13 @@ def _report(args: argparse.Namespace) -> None:
 
     from tpt_jax import report
 
-    rows = report.rounds(args.run_dir)
+    rows = _report_rows(args.run_dir)
     if args.json:
         print(json.dumps({"rounds": rows}, indent=2))
         return
     print(report.table(rows))
+    for note in _notes(rows):
+        print(note)
     title = f"{Path(args.run_dir).name}: Pass@k per round"
     print(f"chart: {report.plot(rows, args.png or Path(args.run_dir) / 'report.png', title)}")
 

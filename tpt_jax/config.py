@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import types
@@ -195,7 +196,9 @@ class RunConfig:
     seed: int = 0
     rounds: int = 1
     export: str = "none"  # none, best or final: write that round's model as a HF directory
-    on_empty_round: str = "stop"  # pruning kept nothing: stop, or carry the model forward
+    # PRUNE kept nothing: stop (the run ends, exit code 0, with the reason) or carry (the next
+    # round uses the same model; its eval equals the previous round's)
+    on_empty_round: str = "stop"
     model: ModelSpec = field(default_factory=ModelSpec)
     task: TaskConfig = field(default_factory=TaskConfig)
     think: ThinkConfig = field(default_factory=ThinkConfig)
@@ -251,7 +254,11 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read config ({e})") from None
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.load(text, Loader=_strict_loader()) or {}
+    except _DuplicateKey as e:
+        raise ConfigError(
+            f"{path}:{e.line}: duplicate key {e.key} (the later one would win)"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -266,6 +273,32 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     merged = _read_yaml(path.parent / base, (*chain, path.resolve()))
     _merge(merged, raw)
     return merged
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int):
+        self.key, self.line = key, line
+
+
+@functools.cache
+def _strict_loader() -> type:
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error (plain YAML
+    keeps the last one silently, so a second `task:` section would drop the first)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges may repeat keys
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
 
 
 def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:

@@ -17,13 +17,26 @@ Each stage ends by writing `DONE.json` atomically; a stage with that file is nev
 killed run continues from the last finished stage, and rerunning a finished run changes
 nothing. Sampling keys depend only on (seed, round, problem, sample) and training resumes from
 its saved step, so a resumed run reaches the same numbers as an uninterrupted one.
+
+Before any sampling, `preflight` reads both data splits, checks `prune.train_budget` against
+what the THINK problems can give, loads the base model and encodes every THINK prompt (chat
+template, `think.max_prompt_tokens`, `train.max_len`): a mistake is one line before any work.
+Faults: a round whose PRUNE keeps no training example either stops the run (`on_empty_round:
+stop`: `tpt run` exits 0 after the table of finished rounds with a last line `run stopped: ...`;
+the round gets no manifest, so rerunning stops there again and `carry` would go on) or carries
+the previous model forward (`carry`: its train/DONE.json says `carried`, and its model and
+evaluation are the previous round's). One process at a time per run directory: an flock that
+the kernel drops when the process dies, `kill -9` included. Manifests record the data read
+(`data`: problems used, bad lines skipped, each file's sha256 or the generator's settings).
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -47,8 +60,9 @@ from tpt_jax.models.transformer import init_model
 from tpt_jax.prune import prune
 from tpt_jax.sampler import SamplingParams
 from tpt_jax.sharding import TRAIN_RULES, make_mesh
-from tpt_jax.tasks import Problem, load_gsm8k
+from tpt_jax.tasks import Problem, ProblemList, load_gsm8k
 from tpt_jax.think import (
+    EncodedPrompts,
     encode_prompts,
     prompt_for,
     read_traces,
@@ -81,19 +95,26 @@ class Run:
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, force: bool = False):
         self.config = config
+        _check_mesh(config.model.mesh)
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.dir)
         self._claim_config(force)
-        self.metrics = MetricsWriter(self.dir / "metrics.jsonl", self.dir / "tb")
         self.mesh = make_mesh(config.model.mesh)
         self._handle: tuple[str, ModelHandle] | None = None
         self._problems: dict[str, list[Problem]] | None = None
+        self._data: dict[str, Any] = {}  # the manifest's `data`: skipped lines, files read
+
+    @functools.cached_property
+    def metrics(self) -> MetricsWriter:  # opened on first use: a run that fails checks has none
+        return MetricsWriter(self.dir / "metrics.jsonl", self.dir / "tb")
 
     # --- the whole run ---------------------------------------------------------------------
 
     def run(self) -> list[dict[str, Any]]:
-        """Base evaluation and every round; returns the round manifests."""
+        """Base evaluation and every round; returns the round manifests (a round that stopped
+        the run, `on_empty_round: stop`, is last, with `stopped: true` and no eval)."""
+        self.preflight()
         manifests = [self.round(0)]
         for r in range(1, self.config.rounds + 1):
             manifest = self.round(r)
@@ -114,13 +135,98 @@ class Run:
             results[stage] = self.stage(stage, r)
             walls[stage] = round(time.perf_counter() - t0, 2)
             if stage == "prune" and results[stage]["kept_train"] == 0:
+                stats = results[stage]
+                why = (
+                    f"round {r}: PRUNE kept no training examples ({stats['correct']} of "
+                    f"{stats['traces']} traces correct)"
+                )
                 if self.config.on_empty_round == "stop":
-                    _say(f"round {r}: pruning kept no examples; stopping (on_empty_round: stop)")
-                    return {"round": r, "stopped": True, "prune": results[stage]}
-                _say(f"round {r}: pruning kept no examples; carrying the model forward")
+                    _say(f"{why}; stopping the run (on_empty_round: stop)")
+                    return {"round": r, "stopped": True, "reason": why, "prune": stats}
+                _say(f"{why}; round {r - 1}'s model goes on unchanged (on_empty_round: carry)")
         manifest = self._manifest(r, results, walls)
         write_json(path, manifest)
         return manifest
+
+    def preflight(self, model: bool = True) -> None:
+        """Every check that needs no sampling, done before any: the data (both splits), the
+        prune budget against the THINK problems, and, while round 0 or round 1's THINK is still
+        to do, the base model, its tokenizer and every THINK prompt against
+        think.max_prompt_tokens and train.max_len. Writes nothing but the materialized base
+        model of a `preset:` run (which round 0 loads next anyway)."""
+        self.problems("train")
+        self.problems("test")
+        think_pending = (
+            self.config.rounds >= 1 and not (self.round_dir(1) / "think" / "DONE.json").exists()
+        )
+        if think_pending:
+            self._check_budget()
+        if not model:
+            return
+        if think_pending or not (self.round_dir(0) / "manifest.json").exists():
+            handle = self.model_for(0)  # model errors now, before anything is printed
+            spec, tok = self.config.model, handle.tokenizer
+            if self.config.task.prompt == "chat" and tok is not None and not tok.chat_template:
+                where = (
+                    f"model.tokenizer {spec.tokenizer}"
+                    if spec.path.startswith("preset:")
+                    else f"model.path {spec.path}"
+                )
+                raise TptError(
+                    f"task.prompt: chat needs a chat template, but the tokenizer of {where} has "
+                    "none; use task.prompt: plain (a plain-text prompt, as for base models)"
+                )
+            encode_prompts(  # a tokenizer and, for chat prompts, a chat template
+                handle, self.problems("test")[:1], self.config.task, self.shots(), None,
+                self.config.eval.max_new_tokens,
+            )  # fmt: skip
+            if think_pending:
+                self._check_prompts(self._think_prompts(handle))
+
+    def _think_problems(self) -> list[Problem]:
+        shots = self.config.task.few_shot  # worked examples are shown, never THINK problems
+        return self.problems("train")[shots:][: self.config.think.problems]
+
+    def _think_prompts(self, handle: ModelHandle) -> EncodedPrompts:
+        cfg = self.config.think
+        return encode_prompts(
+            handle, self._think_problems(), self.config.task, self.shots(), cfg.max_prompt_tokens,
+            cfg.max_new_tokens,
+        )  # fmt: skip
+
+    def _check_budget(self) -> None:
+        """prune.train_budget must be reachable: at most min(max_per_problem, think.n) examples
+        come from each THINK problem."""
+        cfg = self.config
+        n = len(self._think_problems())
+        each = min(cfg.prune.max_per_problem, cfg.think.n)
+        if cfg.prune.train_budget > n * each:
+            raise TptError(
+                f"prune.train_budget: {cfg.prune.train_budget} is more than the {n * each} "
+                f"training examples pruning could ever keep ({n} THINK problems x at most {each} "
+                f"per problem: prune.max_per_problem {cfg.prune.max_per_problem}, think.n "
+                f"{cfg.think.n}); lower prune.train_budget or give THINK more problems"
+            )
+
+    def _check_prompts(self, prompts: EncodedPrompts) -> None:
+        """Some THINK prompt must fit, and every one must leave train.max_len room for a
+        solution: an example longer than train.max_len is dropped, never trained on."""
+        cfg = self.config
+        if not prompts.problems:
+            raise TptError(
+                f"think.max_prompt_tokens: {cfg.think.max_prompt_tokens}: all "
+                f"{prompts.skipped_too_long} THINK prompts are longer, so there is nothing to "
+                "sample; raise it (or leave it unset)"
+            )
+        longest = max(range(len(prompts.ids)), key=lambda i: len(prompts.ids[i]))
+        length = len(prompts.ids[longest])
+        if length >= cfg.train.max_len:
+            raise TptError(
+                f"train.max_len: {cfg.train.max_len} is not longer than the prompt of THINK "
+                f"problem {prompts.problems[longest].id} ({length} tokens), so none of its "
+                f"solutions could be trained on; raise train.max_len above {length} (to fit "
+                f"whole solutions: {length} + think.max_new_tokens {cfg.think.max_new_tokens})"
+            )
 
     # --- stages ------------------------------------------------------------------------------
 
@@ -152,12 +258,14 @@ class Run:
             write_records(traces_path, records)
             return {"problems": len({t["problem_id"] for t in records}), "copied_from": str(source)}
         handle = self.model_for(r - 1)
-        shots = self.config.task.few_shot  # worked examples are shown, never THINK problems
-        problems = self.problems("train")[shots:][: cfg.problems]
-        prompts = encode_prompts(
-            handle, problems, self.config.task, self.shots(), cfg.max_prompt_tokens,
-            cfg.max_new_tokens,
-        )  # fmt: skip
+        prompts = self._think_prompts(handle)
+        self._check_prompts(prompts)
+        if prompts.skipped_too_long:
+            _say(
+                f"  skipped {prompts.skipped_too_long} of "
+                f"{prompts.skipped_too_long + len(prompts.problems)} THINK problems whose prompt "
+                "does not fit (think.max_prompt_tokens, the context; task.on_long_prompt: skip)"
+            )
         params = SamplingParams(
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
@@ -289,7 +397,13 @@ class Run:
         spec = self.config.model
         kwargs = {"rules": rules} if rules is not None else {}
         if not path.startswith("preset:"):
-            return load(path, dtype=spec.dtype, mesh=self.mesh, **kwargs)
+            try:
+                return load(path, dtype=spec.dtype, mesh=self.mesh, **kwargs)
+            except TptError as e:
+                if path != spec.path:
+                    raise
+                msg = str(e)  # name the key, and the path where the message does not
+                raise type(e)(f"model.path: {msg if path in msg else f'{path}: {msg}'}") from None
         if spec.tokenizer is None:
             raise TptError("model.tokenizer: a preset: model needs a tokenizer (a name or dir)")
         tok_handle = spec.tokenizer
@@ -310,21 +424,33 @@ class Run:
     def problems(self, split: str) -> list[Problem]:
         if self._problems is None:
             task = self.config.task
-            if task.name == "arithmetic":
-                args = (task.levels, self.config.seed)
-                self._problems = {
-                    split: generate_problems(split, size, *args, max_value=task.max_value)
-                    for split, size in (("train", task.train_size), ("test", task.test_size or 500))
-                }
-            else:
-                self._problems = {
-                    "train": load_gsm8k(task.source, "train", on_bad_line=task.on_bad_line)[
-                        : task.train_size
-                    ],
-                    "test": load_gsm8k(task.source, "test", on_bad_line=task.on_bad_line)[
-                        : task.test_size
-                    ],
-                }
+            sizes = {"train": task.train_size, "test": task.test_size}
+            problems: dict[str, list[Problem]] = {}
+            data: dict[str, Any] = {"task": task.name}
+            for name, size in sizes.items():
+                if task.name == "arithmetic":
+                    problems[name] = generate_problems(
+                        name, size or 500, task.levels, self.config.seed, max_value=task.max_value
+                    )
+                    source = {"generator": "arithmetic", "levels": list(task.levels)}
+                    source |= {"max_value": task.max_value, "seed": self.config.seed}
+                    loaded: list[Problem] = problems[name]
+                    skipped = 0
+                else:
+                    loaded = load_gsm8k(task.source, name, on_bad_line=task.on_bad_line)
+                    problems[name] = loaded[:size]
+                    assert isinstance(loaded, ProblemList)
+                    source, skipped = loaded.source, loaded.skipped
+                    if skipped:
+                        _say(
+                            f"data: skipped {skipped} bad line{'s' * (skipped > 1)} of the {name}"
+                            f" split (task.on_bad_line: skip); first: {loaded.skip_reasons[0]}"
+                        )
+                data[f"{name}_skipped"] = skipped
+                data[f"{name}_problems"] = len(problems[name])
+                data[f"{name}_sha256"] = _problems_sha256(problems[name])
+                data[f"{name}_source"] = source
+            self._problems, self._data = problems, data
         return self._problems[split]
 
     def shots(self) -> list[Problem]:
@@ -340,7 +466,10 @@ class Run:
                 theirs = to_dict(from_dict(read_json(path), str(path)))
             except TptError:
                 theirs = read_json(path)
-            if theirs != mine and not force:
+            fresh = not any(self.dir.glob("round_*"))  # nothing made with the old config yet
+            if theirs != mine and fresh:
+                shutil.rmtree(self.dir / "base_model", ignore_errors=True)  # its seed/preset
+            elif theirs != mine and not force:
                 diff = _first_difference(theirs, mine)
                 raise TptError(
                     f"{self.dir}: was started with a different config ({diff}); "
@@ -359,6 +488,7 @@ class Run:
             "seed": self.config.seed,
             "config_hash": config_hash(self.config),
             "data_hash": data_hash,
+            "data": self._data,  # per split: problems used, bad lines skipped, what was read
             "versions": _versions(),
             "devices": {"kind": jax.devices()[0].device_kind, "count": jax.device_count()},
             "wall_seconds": walls,
@@ -402,6 +532,21 @@ def _lock(run_dir: Path) -> Any:
         f.close()
         raise TptError(f"{run_dir}: another tpt process is using this run directory") from None
     return f
+
+
+def _check_mesh(shape: tuple[int, ...] | None) -> None:
+    if shape is not None and math.prod(shape) != jax.device_count():
+        n = jax.device_count()
+        raise TptError(
+            f"model.mesh: {list(shape)} needs {math.prod(shape)} devices, but {n} "
+            f"{'is' if n == 1 else 'are'} available; make the sizes multiply to {n}, or leave "
+            "model.mesh unset (all devices on fsdp)"
+        )
+
+
+def _problems_sha256(problems: list[Problem]) -> str:
+    rows = [(p.id, p.question, p.answer, p.solution) for p in problems]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
 
 
 def _seed(seed: int, stage: str, r: int = 0) -> int:

@@ -25,13 +25,16 @@ Bad input raises :class:`~tpt_jax.errors.TptError` with one line naming the file
 (``train.jsonl:17: not valid JSON``; Parquet and hub rows are named ``train.parquet: row 16``,
 0-based like the ids). With ``on_bad_line="skip"`` bad rows are left out instead; the returned
 :class:`ProblemList` (a ``list``) then tells how many in ``.skipped`` and why in ``.skip_reasons``.
-A split with no problems left is an error in both modes.
+A split with no problems left is an error in both modes. ``.source`` says what was read, for a
+run's provenance: a local file's path, size and sha256, or a hub dataset's name, split and
+``datasets`` fingerprint.
 
 Generated arithmetic word problems live in :mod:`tpt_jax.arithmetic`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -69,11 +72,18 @@ class ProblemList(list):
 
     skipped: int
     skip_reasons: list[str]
+    source: dict[str, Any]  # what was read: {"path", "bytes", "sha256"} or {"hf", "split", ...}
 
-    def __init__(self, problems: Sequence[Problem] = (), skip_reasons: Sequence[str] = ()):
+    def __init__(
+        self,
+        problems: Sequence[Problem] = (),
+        skip_reasons: Sequence[str] = (),
+        source: dict[str, Any] | None = None,
+    ):
         super().__init__(problems)
         self.skip_reasons = list(skip_reasons)
         self.skipped = len(self.skip_reasons)
+        self.source = dict(source or {})
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,6 +170,9 @@ def _problem_from_row(row: Any, split: str, index: int) -> tuple[str, Problem]:
             raise _BadRow(f"field {key!r} is empty")
         fields[key] = value
     solution = strip_calculator(fields["answer"]).strip()
+    _, marker, tail = solution.rpartition("####")
+    if marker and not tail.strip().replace(",", ""):
+        raise _BadRow("reference answer after '####' is empty")
     try:
         answer = reference_answer(solution)
     except ValueError:
@@ -221,7 +234,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"{path}: row {i}", {name: columns[name][i] for name in names}
 
 
-def _hf_rows(name: str, split: str) -> Iterator[tuple[str, Any]]:
+def _hf_rows(name: str, split: str, info: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     label = f"hf:{name}"
     try:
         import datasets
@@ -235,15 +248,31 @@ def _hf_rows(name: str, split: str) -> Iterator[tuple[str, Any]]:
     except Exception as e:
         msg = " ".join(str(e).split()) or type(e).__name__
         raise TptError(f"{label}: cannot load split {split!r} of config 'main': {msg}") from None
+    info["fingerprint"] = getattr(ds, "_fingerprint", None)  # datasets' hash of the split
     for i, row in enumerate(ds):
         yield f"{label}[{split}]: row {i}", row
 
 
-def _source_rows(source: str | Path, split: str) -> tuple[str, Iterator[tuple[str, Any]]]:
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as e:
+        raise TptError(f"{path}: cannot read ({e.strerror})") from None
+    return digest.hexdigest()
+
+
+def _source_rows(
+    source: str | Path, split: str
+) -> tuple[str, Iterator[tuple[str, Any]], dict[str, Any]]:
+    """(label, rows, what is read); a hub source fills in its fingerprint as it is read."""
     text = str(source)
     if text == "hf" or text.startswith("hf:"):
         name = text[3:] or _HF_DEFAULT
-        return f"hf:{name}[{split}]", _hf_rows(name, split)
+        info: dict[str, Any] = {"hf": name, "config": "main", "split": split}
+        return f"hf:{name}[{split}]", _hf_rows(name, split, info), info
     path = Path(source)
     if path.is_dir():
         for suffix in (".jsonl", ".parquet"):
@@ -255,10 +284,10 @@ def _source_rows(source: str | Path, split: str) -> tuple[str, Iterator[tuple[st
             raise TptError(f"{source}: no {split}.jsonl or {split}.parquet in this directory")
     elif not path.exists():
         raise TptError(f"{source}: no such file or directory ({_expected(split)})")
-    if path.suffix == ".jsonl":
-        return str(path), _jsonl_rows(path)
-    if path.suffix == ".parquet":
-        return str(path), _parquet_rows(path)
+    if path.suffix in (".jsonl", ".parquet"):
+        info = {"path": str(path), "bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+        rows = _jsonl_rows(path) if path.suffix == ".jsonl" else _parquet_rows(path)
+        return str(path), rows, info
     raise TptError(f"{path}: unknown file type ({_expected(split)})")
 
 
@@ -270,7 +299,7 @@ def load_gsm8k(source: str | Path, split: str, *, on_bad_line: str = "fail") -> 
     """
     if on_bad_line not in _ON_BAD_LINE:
         raise TptError(f"on_bad_line must be 'fail' or 'skip', got {on_bad_line!r}")
-    label, rows = _source_rows(source, split)
+    label, rows, info = _source_rows(source, split)
     problems: list[Problem] = []
     reasons: list[str] = []
     seen: dict[str, str] = {}
@@ -291,4 +320,4 @@ def load_gsm8k(source: str | Path, split: str, *, on_bad_line: str = "fail") -> 
     if not problems:
         why = f" ({len(reasons)} bad rows skipped)" if reasons else ""
         raise TptError(f"{label}: split {split!r} has no problems{why}")
-    return ProblemList(problems, reasons)
+    return ProblemList(problems, reasons, info)
