@@ -149,7 +149,8 @@ def _run(args: argparse.Namespace) -> None:
     chart = report.plot(
         rows, Path(run_dir) / "report.png", f"{Path(run_dir).name}: Pass@k per round"
     )
-    print(f"run directory: {run_dir} (metrics.jsonl, tb/, chart {chart})")
+    shown = f", chart {chart}" if chart else ""  # no chart without matplotlib
+    print(f"run directory: {run_dir} (metrics.jsonl, tb/{shown})")
     if manifests and manifests[-1].get("stopped"):  # on_empty_round: stop ends a run cleanly
         done = ", ".join(str(r["round"]) for r in rows)
         print(
@@ -198,7 +199,9 @@ def _report(args: argparse.Namespace) -> None:
     for note in _notes(rows):
         print(note)
     title = f"{Path(args.run_dir).name}: Pass@k per round"
-    print(f"chart: {report.plot(rows, args.png or Path(args.run_dir) / 'report.png', title)}")
+    chart = report.plot(rows, args.png or Path(args.run_dir) / "report.png", title)
+    if chart:  # None without matplotlib
+        print(f"chart: {chart}")
 
 
 def _prompt_command(sub, name: str, help: str, fn) -> argparse.ArgumentParser:
