@@ -8,7 +8,10 @@ Layout of a checkpoint directory:
     COMMITTED    written last; a directory without it is never loaded
 
 Everything is written into a hidden temporary sibling, fsync'd, marked, then swapped into place,
-so a crash at any moment leaves the old or the new checkpoint, never a half-written one.
+so a crash at any moment leaves the old or the new checkpoint, never a half-written one; the next
+save removes the siblings a crash left behind. A save that fails (disk full, a path that cannot
+be a directory) raises `CheckpointWriteError`, one line with the directory and the OS reason,
+after removing its temporary sibling; the previous checkpoint stays in place.
 Restoring builds the abstract model and hands Orbax the target shardings, so each device reads
 only its own shards, on any mesh shape or device count.
 """
@@ -17,12 +20,16 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import glob
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +42,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
+from tpt_jax import faults
 from tpt_jax.errors import CheckpointError
 from tpt_jax.models.config import ModelConfig
 from tpt_jax.models.transformer import Transformer, abstract_model
@@ -45,6 +53,11 @@ FORMAT_KEY = "tpt_jax_format"
 MARKER = "COMMITTED"
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """A save failed for an OS reason (`errno` holds it when known): one line naming the
+    directory, the reason and what is left there. Also an OSError, as what it wraps."""
+
+
 def save_checkpoint(model: Transformer, directory: str | Path, *, tokenizer: Any = None) -> Path:
     """Write `model` (and `tokenizer`, if given) as a committed checkpoint at `directory`.
 
@@ -53,7 +66,6 @@ def save_checkpoint(model: Transformer, directory: str | Path, *, tokenizer: Any
     if jax.process_count() > 1:  # the temp name, marker and renames assume one writer
         raise NotImplementedError("save_checkpoint supports single-process runs only")
     directory = Path(directory).absolute()
-    directory.parent.mkdir(parents=True, exist_ok=True)
     hf_cfg = _config_json(model)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
@@ -64,7 +76,7 @@ def save_checkpoint(model: Transformer, directory: str | Path, *, tokenizer: Any
             (tmp / "tokenizer").mkdir()
             tokenizer.save_pretrained(tmp / "tokenizer")
 
-    _write_committed(directory, write)
+    _write_committed(directory, write, "checkpoint")
     return directory
 
 
@@ -147,7 +159,7 @@ def save_train_state(directory: str | Path, state: Any, meta: dict[str, Any]) ->
         (tmp / "state.json").write_text(json.dumps(header) + "\n")
         _save_tree(tmp / "arrays", arrays)
 
-    _write_committed(directory, write)
+    _write_committed(directory, write, "train state")
     return directory
 
 
@@ -200,17 +212,24 @@ def _read_state_header(directory: Path) -> dict[str, Any] | None:
 # --- internals ------------------------------------------------------------------------------
 
 
-def _write_committed(directory: Path, write: Callable[[Path], None]) -> None:
-    """Run `write(tmp)` into a hidden sibling, fsync it, mark it COMMITTED, swap it into place."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    occupied = directory.is_file() or (directory.is_dir() and any(directory.iterdir()))
+def _write_committed(directory: Path, write: Callable[[Path], None], what: str) -> None:
+    """Run `write(tmp)` into a hidden sibling, fsync it, mark it COMMITTED, swap it into place.
+    An OSError on the way (disk full, a parent that is a file, ...) becomes one line naming
+    `directory`, the reason and what is left there."""
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        occupied = directory.is_file() or (directory.is_dir() and any(directory.iterdir()))
+    except OSError as e:
+        raise _write_error(directory, what, e) from e
     if occupied and not is_checkpoint(directory):
         # Replacing would delete whatever is there: refuse rather than guess it is disposable.
         raise CheckpointError(f"{directory}: exists and is not a tpt_jax checkpoint; not replacing")
     _remove_leftovers(directory)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
         write(tmp)
+        faults.reached("checkpoint.write")
         # The marker must not reach the disk before the data it vouches for.
         _fsync_tree(tmp)
         with open(tmp / MARKER, "w") as f:
@@ -218,19 +237,114 @@ def _write_committed(directory: Path, write: Callable[[Path], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         _fsync(tmp)
+        faults.reached("checkpoint.commit")
         _swap_into_place(tmp, directory)
+        faults.reached("checkpoint.swapped")
+    except OSError as e:
+        raise _write_error(directory, what, e) from e
     finally:
         # After a swap `tmp` holds the previous checkpoint; after a failure, the partial one.
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            _remove_tree(tmp)
+
+
+def _remove_tree(path: Path) -> None:
+    """Best-effort removal. After a failed save, TensorStore may still be finishing writes into
+    `path` for a moment and recreate what rmtree just removed: retry for up to ~2 s. What
+    remains is removed by the next save (`_remove_leftovers`)."""
+    for _ in range(40):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.05)
+
+
+def _write_error(directory: Path, what: str, e: OSError) -> CheckpointWriteError:
+    """`directory: cannot write <what> (<OS reason>); <what is left there>`."""
+    reason = e.strerror or str(e) or type(e).__name__
+    blocker = next((p for p in directory.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # mkdir says "File exists" or "Not a directory": name the file
+        reason = f"{blocker} is a file, not a directory"
+    try:
+        if (directory / MARKER).is_file():
+            left = f"the previous {what} there is intact"
+        else:
+            backups = [p for p in _siblings(directory, "old") if (p / MARKER).is_file()]
+            left = f"the previous {what} is at {backups[0]}" if backups else "nothing was written"
+    except OSError:
+        left = "nothing was written"
+    error = CheckpointWriteError(f"{directory}: cannot write {what} ({reason}); {left}")
+    error.errno = e.errno
+    return error
 
 
 def _save_tree(path: Path, tree: Any) -> None:
     path = Path(path).absolute()
     checkpointer = _checkpointer()
+    quiet, failures = _DropTracebacks(), _QuietFailures.install()
+    logging.getLogger("absl").addFilter(quiet)
+    failures.saving += 1
+    failed = False
     try:
         checkpointer.save(path, args=ocp.args.StandardSave(tree))
+    except Exception as e:
+        failed = failures.failed = True
+        if isinstance(e, OSError):
+            raise
+        # TensorStore reports a failed write as ValueError("... [os_error_code='28']"): make it
+        # the OSError it is, so that callers see "No space left on device".
+        code = re.search(r"os_error_code='?(\d+)", str(e))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(path)) from e
     finally:
+        failures.saving -= 1
+        logging.getLogger("absl").removeFilter(quiet)
         checkpointer.close()
+        if failed:
+            gc.collect()  # report (and drop) the abandoned writes now, not at interpreter exit
+
+
+class _DropTracebacks(logging.Filter):
+    """While saving, Orbax's writer threads log a failed write with its traceback before the
+    save re-raises it; the caller reports the error in one line, so drop those records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None
+
+
+class _QuietFailures(logging.Filter):
+    """A failed Orbax save returns while the other writes of its event loop are still pending:
+    TensorStore's completions then hit the closed loop ("Event loop is closed", reported as an
+    unraisable exception, during the save and after it), and asyncio logs "Task exception was
+    never retrieved" for each abandoned write. The save raised the one-line error already: drop
+    those reports while saving and, once a save has failed, from then on. Installed by the first
+    save; the hook and the filter pass everything else through."""
+
+    _installed: _QuietFailures | None = None
+
+    @classmethod
+    def install(cls) -> _QuietFailures:
+        if cls._installed is None:
+            cls._installed = cls()
+        return cls._installed
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saving, self.failed = 0, False
+        self.previous = sys.unraisablehook
+        sys.unraisablehook = self.unraisable
+        logging.getLogger("asyncio").addFilter(self)
+
+    def unraisable(self, unraisable: Any) -> None:
+        error = unraisable.exc_value
+        closed = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+        if not (closed and (self.saving or self.failed)):
+            self.previous(unraisable)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.failed and "orbax" in record.getMessage())
 
 
 def _restore_tree(path: Path, target: Any) -> Any:

@@ -1,7 +1,15 @@
-"""Fault injection for the resume tests: `TPT_KILL_AT=think.chunk:2` makes the process kill
-itself with SIGKILL (no cleanup, like a preempted VM) the 2nd time it reaches that point.
+"""Fault injection for the reliability tests.
 
-Pure Python (layer 0). Without the variable, `reached()` is a dictionary lookup and returns.
+`TPT_KILL_AT=think.chunk:2` makes the process kill itself with SIGKILL (no cleanup, like a
+preempted VM) the 2nd time it reaches that point. Points: "think.chunk", "train.step",
+"checkpoint.write" (inside a checkpoint or train-state save, after the arrays are written and
+before the COMMITTED marker), "checkpoint.commit" (marker written, not yet swapped into place),
+"checkpoint.swapped" (swapped into place, the previous copy not yet deleted).
+
+`TPT_NAN_AT=7,9` makes training's optimizer steps 7 and 9 (1-based, as logged) produce a NaN
+loss and NaN gradients, as a numerical blow-up would.
+
+Pure Python (layer 0). Without the variables, `reached()` is a dictionary lookup and returns.
 """
 
 from __future__ import annotations
@@ -24,3 +32,12 @@ def reached(point: str) -> None:
     _seen[point] += 1
     if _seen[point] >= int(count or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def nan_steps() -> frozenset[int]:
+    """The optimizer steps that `TPT_NAN_AT` poisons (empty without the variable)."""
+    value = os.environ.get("TPT_NAN_AT", "").strip()
+    try:
+        return frozenset(int(s) for s in value.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"TPT_NAN_AT={value!r}: expected comma-separated step numbers") from None

@@ -11,6 +11,15 @@ micro-step sees one shape, [micro_batch, max_len], and compiles once.
 Validation loss is measured before training too (step 0), so a round whose training only makes
 the model worse returns the model it was given. The best model lives on disk (`work_dir/best`),
 never as a second copy on device; `work_dir/state` holds the resumable train state.
+
+A step whose loss or gradient norm is NaN or infinite changes nothing: the apply-step keeps the
+parameters and optimizer state it was given (a select inside the one compiled program: no host
+round trip, no second program). `train.on_nan` says what follows: "stop"
+raises a one-line error naming the step and the last saved train state (nothing is written after
+the bad step), "skip" counts the step and goes on. A skipped step does not advance the optimizer's
+step count, so the learning-rate schedule resumes where the last applied step left it.
+`train.on_nan` is a policy, not part of the run's identity: a run stopped by a NaN resumes from
+its last train state with `on_nan: skip`.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tpt_jax import checkpoint
+from tpt_jax import checkpoint, faults
 from tpt_jax.config import TrainConfig
 from tpt_jax.data import Rows, SFTExample, drop_long, epoch_steps, eval_batches, steps_per_epoch
 from tpt_jax.errors import TptError
@@ -56,6 +65,7 @@ class TrainResult:
     best_val_loss: float | None
     final_loss: float | None  # train loss of the last step
     history: tuple[dict[str, Any], ...]  # per step: loss, lr, grad_norm, ...; val_loss entries
+    nonfinite_skipped: int = 0  # steps left out for a NaN/Inf loss or gradient (on_nan: skip)
 
 
 def lr_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
@@ -114,13 +124,34 @@ def _micro_step(graphdef, compute_dtype, params, acc, batch):
     }
 
 
+def _poison(acc):
+    """The accumulator as a numerical blow-up leaves it: NaN loss and gradients. Only for the
+    steps faults.nan_steps() names; a program of its own, so the real steps' programs are the
+    same with or without fault injection."""
+    nan = lambda x: x * jnp.asarray(jnp.nan, x.dtype)  # noqa: E731
+    return {
+        "grads": jax.tree.map(nan, acc["grads"]),
+        "loss": nan(acc["loss"]),
+        "tokens": acc["tokens"],
+    }
+
+
 def _apply_step(tx, params, opt_state, acc):
     # The mean over every completion token of the step, however they were packed or split.
     count = jnp.maximum(acc["tokens"], 1.0)
     grads = jax.tree.map(lambda g: (g.astype(jnp.float32) / count).astype(g.dtype), acc["grads"])
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    metrics = {"loss": acc["loss"] / count, "grad_norm": optax.tree.norm(grads)}
+    loss, grad_norm = acc["loss"] / count, optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    # A non-finite step changes nothing (train.on_nan decides what follows). The select lets
+    # XLA fuse the update differently than without it: with clipping active, the Adam moments
+    # are recomputed inside the parameter update instead of read back, which moved parameters
+    # by up to 6e-8 (float32 rounding) against the select-free program in tests/ configs.
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    params = jax.tree.map(keep, new_params, params)
+    opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
     return params, opt_state, jax.tree.map(jnp.zeros_like, acc), metrics
 
 
@@ -164,6 +195,10 @@ class _Compiled:
             in_shardings=(self.param_sh, acc_sh, batch_sh),
             out_shardings=acc_sh,
             donate_argnums=1,
+        )
+        # Compiled on first use, which only fault injection makes.
+        self.poison = jax.jit(
+            _poison, in_shardings=(acc_sh,), out_shardings=acc_sh, donate_argnums=0
         )
         self.apply = jax.jit(
             lambda p, o, a: _apply_step(tx, p, o, a),
@@ -232,6 +267,11 @@ def train(
     `log` receives a dict every step and at every validation. Called again with the same
     `work_dir`, arguments and data, it resumes from the last saved train state (saved every
     `cfg.eval_every` steps and at the end) and returns what an uninterrupted run returns.
+
+    A step with a NaN/Inf loss or gradient norm leaves the model and optimizer as they were;
+    with `cfg.on_nan` "stop" it raises TptError (the train state and best model on disk are
+    those of the last good save), with "skip" it is counted (`nonfinite_skipped` in the result
+    and in each step's log record; `skipped: True` in that step's history entry).
     """
     cfg.check()
     log = log or (lambda record: None)
@@ -268,6 +308,9 @@ def train(
         meta = {"run_id": run_id, "step": 0, "best_step": None, "best_val_loss": None}
         meta["history"] = []
         opt_state = fns.init_opt(params)
+    meta.setdefault("nonfinite_skipped", 0)  # absent from states saved before it existed
+    saved_step = meta["step"] if state_dir.joinpath(checkpoint.MARKER).is_file() else None
+    poisoned = faults.nan_steps()
 
     def validate(step: int) -> None:
         loss = fns.val_loss(params, val_batches)
@@ -286,9 +329,12 @@ def train(
         start = meta["step"] - epoch * per_epoch
         for batch in epoch_steps(train_set, cfg, seed=seed, epoch=epoch, start=start):
             began = time.perf_counter()
-            lr = float(fns.schedule(meta["step"]))
-            for rows in batch.micro:
+            # The optimizer's own step count, which skipped steps do not advance.
+            lr = float(fns.schedule(meta["step"] - meta["nonfinite_skipped"]))
+            for i, rows in enumerate(batch.micro):
                 acc = fns.micro(params, acc, rows.arrays())
+                if i == 0 and meta["step"] + 1 in poisoned:  # fault injection (tests)
+                    acc = fns.poison(acc)
             params, opt_state, acc, metrics = fns.apply(params, opt_state, acc)
             meta["step"] += 1
             step = meta["step"]
@@ -302,6 +348,11 @@ def train(
                 "tokens": batch.tokens,
                 "loss_tokens": batch.loss_tokens,
             }
+            if not bool(metrics["finite"]):
+                if cfg.on_nan == "stop":
+                    raise TptError(_nonfinite_message(record, total, cfg, state_dir, saved_step))
+                meta["nonfinite_skipped"] += 1
+                record["skipped"] = True
             meta["history"].append(record)
             step_times.append(time.perf_counter() - began)
             log(
@@ -311,12 +362,14 @@ def train(
                     "tokens_per_s": batch.tokens / step_times[-1],
                     "examples_per_s": batch.examples / step_times[-1],
                     "eta_s": float(np.mean(step_times)) * (total - step),
+                    "nonfinite_skipped": meta["nonfinite_skipped"],
                 }
             )
             if step % cfg.eval_every == 0 or step == total:
                 if val_batches:
                     validate(step)
                 checkpoint.save_train_state(state_dir, {"params": params, "opt": opt_state}, meta)
+                saved_step = step
 
     del opt_state, acc  # the optimizer state is on disk; free it before loading a best model
     if keep_best and meta["best_step"] != meta["step"]:
@@ -348,6 +401,29 @@ def _restore(fns: _Compiled, state_dir: Path) -> tuple[tuple[nnx.State, Any], di
     return (state["params"], state["opt"]), meta
 
 
+def _nonfinite_message(
+    record: dict[str, Any], total: int, cfg: TrainConfig, state_dir: Path, saved: int | None
+) -> str:
+    """`train: loss is NaN at step 7 of 16 (epoch 1 of 2); stopped; ...` (one line)."""
+    loss, norm = record["loss"], record["grad_norm"]
+    what = (
+        f"loss is {_name(loss)}"
+        if not math.isfinite(loss)
+        else f"gradient norm is {_name(norm)} (loss {loss:.4g})"
+    )
+    where = f"step {record['step']} of {total} (epoch {record['epoch'] + 1} of {cfg.epochs})"
+    kept = (
+        f"the last good train state (step {saved}) is in {state_dir}"
+        if saved is not None
+        else "no train state was saved before it"
+    )
+    return f"train: {what} at {where}; stopped; {kept}; train.on_nan=skip skips such steps"
+
+
+def _name(x: float) -> str:
+    return "NaN" if math.isnan(x) else ("+Inf" if x > 0 else "-Inf")
+
+
 def _best(meta: dict[str, Any]) -> dict[str, Any]:
     return {"best_step": meta["best_step"], "best_val_loss": meta["best_val_loss"]}
 
@@ -359,7 +435,7 @@ def _result(
     val_set: Sequence[SFTExample],
     val_dropped: int,
 ) -> TrainResult:
-    steps = [h for h in meta["history"] if "loss" in h]
+    steps = [h for h in meta["history"] if "loss" in h and not h.get("skipped")]
     return TrainResult(
         steps=meta["step"],
         examples=len(train_set),
@@ -370,6 +446,7 @@ def _result(
         loss_tokens=sum(h["loss_tokens"] for h in steps),
         final_loss=steps[-1]["loss"] if steps else None,
         history=tuple(meta["history"]),
+        nonfinite_skipped=meta["nonfinite_skipped"],
         **_best(meta),
     )
 
@@ -378,7 +455,11 @@ def _fingerprint(
     cfg: TrainConfig, seed: int, train_set: Sequence[SFTExample], val_set: Sequence[SFTExample]
 ) -> str:
     """Identifies a run's inputs, so a train state is only ever resumed by the same run."""
-    h = hashlib.sha256(json.dumps([asdict(cfg), seed], sort_keys=True).encode())
+    # on_nan is a policy for steps that go wrong, not an input: a run stopped by a NaN may
+    # resume with on_nan: skip. Hashed as the default, so older train states still match.
+    h = hashlib.sha256(
+        json.dumps([{**asdict(cfg), "on_nan": "stop"}, seed], sort_keys=True).encode()
+    )
     for part in (train_set, val_set):
         for ex in part:
             ids = [len(ex.prompt), len(ex.completion), *ex.prompt, *ex.completion]
