@@ -19,7 +19,8 @@ def write(tmp_path, text: str) -> Path:
 def test_defaults_are_the_recipe():
     cfg = load_config(None, ["task.train_size=10"])
     assert (cfg.think.n, cfg.think.temperature, cfg.think.max_new_tokens) == (8, 0.8, 1500)
-    assert (cfg.prune.train_budget, cfg.prune.val_budget, cfg.prune.grading) == (2000, 200, "strict")
+    p = cfg.prune
+    assert (p.train_budget, p.val_budget, p.grading) == (2000, 200, "strict")
     t = cfg.train
     assert (t.lr, t.warmup_ratio, t.weight_decay, t.clip, t.global_batch) == (1e-6, 0.1, 0, 1, 8)
     assert (t.b1, t.b2, t.eps, t.max_len, t.eval_every, t.init) == (

@@ -10,9 +10,9 @@ import pytest
 
 from tpt_jax.config import EvalConfig
 from tpt_jax.evaluate import summarize
-from tpt_jax.stats import mean_ci, paired_difference, wilson
 from tpt_jax.metrics import MetricsWriter, Progress, format_seconds
 from tpt_jax.report import plot, rounds, table
+from tpt_jax.stats import mean_ci, paired_difference, wilson
 
 ANSWERS = {"a": "4", "b": "10", "c": "3"}
 
