@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,6 @@ def sample_to_file(
     *,
     batch_size: int,
     label: str,
-    on_chunk: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Sample `params.n` answers per prompt into `path` (JSONL, one record per sample), resuming
     from whatever complete problems it already holds; returns all records in problem order."""
@@ -139,12 +138,8 @@ def sample_to_file(
             f.flush()
             os.fsync(f.fileno())
             faults.reached("think.chunk")
-            seconds = time.perf_counter() - t0
-            rate = {"tokens_per_s": tokens_made / seconds, "samples_per_s": 0.0}
-            rate["samples_per_s"] = progress.done / seconds if seconds else 0.0
-            progress.update(len(chunk) * params.n, f"{rate['tokens_per_s']:.0f} tok/s")
-            if on_chunk is not None:
-                on_chunk(rate)
+            tokens_per_s = tokens_made / (time.perf_counter() - t0)
+            progress.update(len(chunk) * params.n, f"{tokens_per_s:.0f} tok/s")
     progress.close()
     order = {p.id: i for i, p in enumerate(prompts.problems)}
     records = read_traces(path)
