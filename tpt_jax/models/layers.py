@@ -6,7 +6,6 @@ logical axis names (`logical_axes` metadata) that `tpt_jax.sharding` maps onto t
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -15,6 +14,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
+from tpt_jax.models.attention import LayerCache, SlotCache, attend, attention_mask
 from tpt_jax.models.config import ModelConfig, RopeScaling
 
 Initializer = jax.nn.initializers.Initializer
@@ -77,73 +77,6 @@ def apply_rope(
     return x * cos + rotated * sin
 
 
-def softcap(x: Array, cap: float | None) -> Array:
-    return x if cap is None else jnp.tanh(x / cap) * cap
-
-
-def attention_mask(
-    q_pos: Int[Array, "B T"],
-    k_pos: Int[Array, "B S"],
-    k_valid: Bool[Array, "B S"],
-    window: int | None,
-    segments: Int[Array, "B T"] | None = None,
-) -> Bool[Array, "B T S"]:
-    """Causal by position (so left padding and caches need no index arithmetic), plus a window.
-
-    A window W lets a query see keys at most W-1 positions back, as HF's `kv > q - W`.
-    `segments` (no cache only, so T == S) keeps packed sequences apart: a token sees only keys
-    of its own segment, whose positions restart at 0.
-    """
-    delta = q_pos[:, :, None] - k_pos[:, None, :]
-    mask = (delta >= 0) & k_valid[:, None, :]
-    if window is not None:
-        mask &= delta < window
-    if segments is not None:
-        mask &= segments[:, :, None] == segments[:, None, :]
-    return mask
-
-
-def attend(
-    q: Float[Array, "B T N H"],
-    k: Float[Array, "B S K H"],
-    v: Float[Array, "B S K H"],
-    mask: Bool[Array, "B T S"],
-    scale: float,
-    cap: float | None,
-) -> Float[Array, "B T N H"]:
-    """Grouped-query attention without repeating K/V: queries are viewed as [K, G] groups."""
-    b, t, n, h = q.shape
-    kv = k.shape[2]
-    qg = q.reshape(b, t, kv, n // kv, h)
-    scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k) * scale
-    scores = softcap(scores.astype(jnp.float32), cap)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
-    return out.reshape(b, t, n, h)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class LayerCache:
-    """One layer's keys and values for S slots, with the slot positions and validity shared by
-    all layers; `start` is the slot where the tokens of this call are written."""
-
-    k: Float[Array, "B S K H"]
-    v: Float[Array, "B S K H"]
-    positions: Int[Array, "B S"]
-    valid: Bool[Array, "B S"]
-    start: Int[Array, ""]
-
-    def write(self, k: Float[Array, "B T K H"], v: Float[Array, "B T K H"]) -> LayerCache:
-        at = (0, self.start, 0, 0)
-        return dataclasses.replace(
-            self,
-            k=jax.lax.dynamic_update_slice(self.k, k.astype(self.k.dtype), at),
-            v=jax.lax.dynamic_update_slice(self.v, v.astype(self.v.dtype), at),
-        )
-
-
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -180,22 +113,21 @@ class Attention(nnx.Module):
         x: Float[Array, "B T D"],
         positions: Int[Array, "B T"],
         valid: Bool[Array, "B T"],
-        cache: LayerCache | None = None,
+        cache: LayerCache | SlotCache | None = None,
         segments: Int[Array, "B T"] | None = None,
-    ) -> tuple[Float[Array, "B T D"], LayerCache | None]:
+    ) -> tuple[Float[Array, "B T D"], LayerCache | SlotCache | None]:
         """Attention over the new tokens alone, or (with `cache`) over every cached token too.
 
-        A cache's slot positions and validity are already updated for the new tokens; this layer
-        writes its keys and values at `cache.start` and attends by position, which makes sliding
-        windows exact however long the cache grows.
+        The cache writes this layer's new keys and values, then attends by position (a
+        `LayerCache` from its slot positions, a `SlotCache` from its rows' lengths), which makes
+        sliding windows exact however long the cache grows.
         """
         q, k, v = self.project_qkv(x, positions)
         if cache is None:
             mask = attention_mask(positions, positions, valid, self.window, segments)
             return self.output(attend(q, k, v, mask, self.scale, self.cap)), None
         cache = cache.write(k, v)
-        mask = attention_mask(positions, cache.positions, cache.valid, self.window)
-        return self.output(attend(q, cache.k, cache.v, mask, self.scale, self.cap)), cache
+        return self.output(cache.attend(q, positions, self.window, self.scale, self.cap)), cache
 
     def output(self, attn: Float[Array, "B T N H"]) -> Float[Array, "B T D"]:
         return jnp.einsum("BTNH,NHD->BTD", attn, self.o_proj[...])

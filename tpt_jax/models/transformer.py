@@ -14,8 +14,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
+from tpt_jax.models.attention import LayerCache, SlotCache, slot_visibility, softcap
 from tpt_jax.models.config import ModelConfig
-from tpt_jax.models.layers import MLP, Attention, LayerCache, RMSNorm, param, softcap
+from tpt_jax.models.layers import MLP, Attention, RMSNorm, param
 
 
 @jax.tree_util.register_dataclass
@@ -42,6 +43,24 @@ class KVCache:
     def repeat_rows(self, n: int) -> KVCache:
         """Each row n times in a row (row b → rows b*n .. b*n+n-1): n samples share a prefill."""
         return jax.tree.map(lambda a: jnp.repeat(a, n, axis=0), self)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SlotKV:
+    """The generation engine's cache: keys and values of every layer for B decode slots of S
+    positions each, heads before positions (see `tpt_jax.models.attention.SlotCache`)."""
+
+    k: tuple[Float[Array, "B K S H"], ...]
+    v: tuple[Float[Array, "B K S H"], ...]
+
+    @staticmethod
+    def shape(cfg: ModelConfig, slots: int, length: int) -> tuple[int, int, int, int]:
+        return (slots, cfg.num_kv_heads, length, cfg.head_dim)
+
+    @property
+    def length(self) -> int:
+        return self.k[0].shape[2]
 
 
 def positions_from_valid(valid: Bool[Array, "B T"]) -> Int[Array, "B T"]:
@@ -148,16 +167,63 @@ class Transformer(nnx.Module):
         at = (0, start)
         slot_pos = jax.lax.dynamic_update_slice(cache.positions, positions.astype(jnp.int32), at)
         slot_valid = jax.lax.dynamic_update_slice(cache.valid, valid, at)
-        x = self.embed(tokens)
-        ks, vs = [], []
-        for i, block in enumerate(self.layers):
-            layer = LayerCache(cache.k[i], cache.v[i], slot_pos, slot_valid, start)
-            x, layer = block(x, positions, valid, layer)
-            ks.append(layer.k)
-            vs.append(layer.v)
+        layers = [
+            LayerCache(cache.k[i], cache.v[i], slot_pos, slot_valid, start)
+            for i in range(len(self.layers))
+        ]
+        x, layers = self._blocks(self.embed(tokens), positions, valid, layers)
         if last_only:
             x = x[:, -1:]
-        return self.unembed(x), KVCache(tuple(ks), tuple(vs), slot_pos, slot_valid)
+        ks, vs = tuple(c.k for c in layers), tuple(c.v for c in layers)
+        return self.unembed(x), KVCache(ks, vs, slot_pos, slot_valid)
+
+    def prefill(
+        self, tokens: Int[Array, "B T"], lengths: Int[Array, " B"]
+    ) -> tuple[Float[Array, "B V"], tuple[Array, ...], tuple[Array, ...]]:
+        """Right-padded prompts (row b's tokens in its first lengths[b] columns, position j in
+        column j): the logits after each prompt's last token, and every layer's keys and values
+        [B, T, K, H], which the engine copies into its decode slots."""
+        b, t = tokens.shape
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        valid = positions < lengths[:, None]
+        empty = KVCache.empty(self.config, b, t, self.embed_tokens[...].dtype)
+        layers = [
+            LayerCache(empty.k[i], empty.v[i], positions, valid, jnp.int32(0))
+            for i in range(len(self.layers))
+        ]
+        x, layers = self._blocks(self.embed(tokens), positions, valid, layers)
+        last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)
+        return self.unembed(last)[:, 0], tuple(c.k for c in layers), tuple(c.v for c in layers)
+
+    def decode(
+        self,
+        tokens: Int[Array, " B"],
+        positions: Int[Array, " B"],
+        live: Bool[Array, " B"],
+        cache: SlotKV,
+    ) -> tuple[Float[Array, "B V"], SlotKV]:
+        """One token per decode slot at its own position, written to slot `position` of its
+        row (rows that are not live write nothing), attending to slots 0..position."""
+        slots = cache.length
+        index = jnp.where(live, positions, slots)  # out of range: the scatter drops it
+        windows = {block.self_attn.window for block in self.layers}
+        visible = {w: slot_visibility(positions, slots, w) for w in windows}
+        layers = [
+            SlotCache(cache.k[i], cache.v[i], index, visible[block.self_attn.window])
+            for i, block in enumerate(self.layers)
+        ]
+        x, layers = self._blocks(
+            self.embed(tokens[:, None]), positions[:, None], live[:, None], layers
+        )
+        logits = self.unembed(x)[:, 0]
+        return logits, SlotKV(tuple(c.k for c in layers), tuple(c.v for c in layers))
+
+    def _blocks(self, x, positions, valid, caches: list) -> tuple[Array, list]:
+        out = []
+        for block, cache in zip(self.layers, caches, strict=True):
+            x, cache = block(x, positions, valid, cache)
+            out.append(cache)
+        return x, out
 
 
 def init_model(cfg: ModelConfig, seed: int = 0, dtype: Any = jnp.float32) -> Transformer:

@@ -1,0 +1,158 @@
+"""Attention kernels and the two KV caches that feed them.
+
+`attend` is the reference (and the training/prefill path): grouped-query attention with a
+position mask. `LayerCache` is one layer of a position-masked cache ([B, S, K, H], the layout
+the projections produce), used by `Transformer.extend` for prefill and for tests. `SlotCache`
+is one layer of the generation engine's cache: one row per decode slot, heads before slots
+([B, K, S, H]), slot j of a row holding position j, so a row's filled length is all a mask needs.
+
+Why [B, K, S, H] for decoding: a one-token query against S cached keys is a batch of [S, H] x
+[H, G] products, one per (row, KV head). With K before S each operand is contiguous; with the
+projection layout XLA transposes the whole cache every step. Measured on a 2-core CPU
+(SmolLM2-135M shape, 32 rows, 384 slots, 30 layers): 47 ms per step against 290 ms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+NEG = float(jnp.finfo(jnp.float32).min)  # masked scores: exp underflows to exactly 0
+
+
+def softcap(x: Array, cap: float | None) -> Array:
+    return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+def attention_mask(
+    q_pos: Int[Array, "B T"],
+    k_pos: Int[Array, "B S"],
+    k_valid: Bool[Array, "B S"],
+    window: int | None,
+    segments: Int[Array, "B T"] | None = None,
+) -> Bool[Array, "B T S"]:
+    """Causal by position (so left padding and caches need no index arithmetic), plus a window.
+
+    A window W lets a query see keys at most W-1 positions back, as HF's `kv > q - W`.
+    `segments` (no cache only, so T == S) keeps packed sequences apart: a token sees only keys
+    of its own segment, whose positions restart at 0.
+    """
+    delta = q_pos[:, :, None] - k_pos[:, None, :]
+    mask = (delta >= 0) & k_valid[:, None, :]
+    if window is not None:
+        mask &= delta < window
+    if segments is not None:
+        mask &= segments[:, :, None] == segments[:, None, :]
+    return mask
+
+
+def attend(
+    q: Float[Array, "B T N H"],
+    k: Float[Array, "B S K H"],
+    v: Float[Array, "B S K H"],
+    mask: Bool[Array, "B T S"],
+    scale: float,
+    cap: float | None,
+) -> Float[Array, "B T N H"]:
+    """Grouped-query attention without repeating K/V: queries are viewed as [K, G] groups."""
+    b, t, n, h = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, t, kv, n // kv, h)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k) * scale
+    scores = softcap(scores.astype(jnp.float32), cap)
+    scores = jnp.where(mask[:, None, None, :, :], scores, NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+    return out.reshape(b, t, n, h)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LayerCache:
+    """One layer's keys and values for S slots, with the slot positions and validity shared by
+    all layers; `start` is the slot where the tokens of this call are written."""
+
+    k: Float[Array, "B S K H"]
+    v: Float[Array, "B S K H"]
+    positions: Int[Array, "B S"]
+    valid: Bool[Array, "B S"]
+    start: Int[Array, ""]
+
+    def write(self, k: Float[Array, "B T K H"], v: Float[Array, "B T K H"]) -> LayerCache:
+        at = (0, self.start, 0, 0)
+        return dataclasses.replace(
+            self,
+            k=jax.lax.dynamic_update_slice(self.k, k.astype(self.k.dtype), at),
+            v=jax.lax.dynamic_update_slice(self.v, v.astype(self.v.dtype), at),
+        )
+
+    def attend(
+        self, q: Float[Array, "B T N H"], positions: Int[Array, "B T"], window, scale, cap
+    ) -> Float[Array, "B T N H"]:
+        mask = attention_mask(positions, self.positions, self.valid, window)
+        return attend(q, self.k, self.v, mask, scale, cap)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SlotCache:
+    """One layer of the engine's cache for a single new token per row.
+
+    `index` is where each row writes its new key and value (its position; S or more for a row
+    that must not write, which the scatter drops). `visible` holds, per window size, which slots
+    each row's query may see: computed once per step for all layers, not once per layer.
+    """
+
+    k: Float[Array, "B K S H"]
+    v: Float[Array, "B K S H"]
+    index: Int[Array, " B"]
+    visible: Bool[Array, "B S"]
+
+    def write(self, k: Float[Array, "B 1 K H"], v: Float[Array, "B 1 K H"]) -> SlotCache:
+        rows = jnp.arange(k.shape[0])
+        put = lambda cache, new: cache.at[rows, :, self.index].set(  # noqa: E731
+            new[:, 0].astype(cache.dtype), mode="drop"
+        )
+        return dataclasses.replace(self, k=put(self.k, k), v=put(self.v, v))
+
+    def attend(
+        self, q: Float[Array, "B 1 N H"], positions: Int[Array, "B 1"], window, scale, cap
+    ) -> Float[Array, "B 1 N H"]:
+        del positions, window  # `visible` already encodes both
+        return decode_attend(q, self.k, self.v, self.visible, scale, cap)
+
+
+def decode_attend(
+    q: Float[Array, "B 1 N H"],
+    k: Float[Array, "B K S H"],
+    v: Float[Array, "B K S H"],
+    visible: Bool[Array, "B S"],
+    scale: float,
+    cap: float | None,
+) -> Float[Array, "B 1 N H"]:
+    """One query per row against its slots, numerically as `attend` (scores in the cache dtype,
+    softmax in float32, probabilities cast back for the value product)."""
+    b, _, n, h = q.shape
+    kv = k.shape[1]
+    qg = q.reshape(b, kv, n // kv, h).astype(k.dtype)
+    scores = jnp.einsum("BKGH,BKSH->BKGS", qg, k) * scale
+    scores = softcap(scores.astype(jnp.float32), cap)
+    scores = jnp.where(visible[:, None, None, :], scores, NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BKGS,BKSH->BKGH", probs, v)
+    return out.reshape(b, 1, n, h)
+
+
+def slot_visibility(
+    positions: Int[Array, " B"], slots: int, window: int | None
+) -> Bool[Array, "B S"]:
+    """Which slots a query at `positions` sees when slot j holds position j: j <= position, and
+    within the window when there is one."""
+    delta = positions[:, None] - jnp.arange(slots, dtype=positions.dtype)[None, :]
+    mask = delta >= 0
+    if window is not None:
+        mask &= delta < window
+    return mask
