@@ -31,7 +31,7 @@ def test_n_samples_stop_tokens_and_text(handle):
     (samples,) = handle.generate([chat], max_new_tokens=40, temperature=1.0, n=4, seed=3)
     assert len(samples) == 4
     assert len({tuple(s.tokens) for s in samples}) > 1  # sampling, not four copies
-    stops = set(handle.sampler.stop_ids)
+    stops = set(handle.engine.stop_ids)
     for s in samples:
         assert s.finish_reason in ("stop", "length")
         if s.finish_reason == "stop":
@@ -62,7 +62,7 @@ def test_cli_generate_streams_the_greedy_answer(handle, capsys):
 
 def test_key_ids_make_chunked_sampling_equal_one_call(handle):
     """THINK samples in chunks: sample j of prompt p must not depend on the chunk it is in."""
-    from tpt_jax.sampler import SamplingParams
+    from tpt_jax.engine import SamplingParams
 
     prompts = [handle.encode_prompt([{"role": "user", "content": f"{a} + {a}?"}]) for a in range(5)]
     params = SamplingParams(max_new_tokens=6, temperature=1.0, n=2, seed=11)

@@ -15,11 +15,11 @@ from hf_tiny import CONFIGS, make_hf_model
 from scipy import stats
 
 import tpt_jax
-import tpt_jax.sampler as sampler_module
+import tpt_jax.engine.sampling as sampler_module
+from tpt_jax.engine import Engine, SamplingParams, sample_logits
 from tpt_jax.errors import TptError
 from tpt_jax.hf_io import load_hf_dir
-from tpt_jax.models.transformer import KVCache, forward
-from tpt_jax.sampler import Sampler, SamplingParams, left_pad, sample_logits
+from tpt_jax.models.transformer import KVCache, forward, left_pad
 from tpt_jax.sharding import make_mesh
 
 FAMILIES = sorted(CONFIGS)
@@ -181,7 +181,7 @@ def greedy_case(request, tiny):
     assert all(len(set(run)) > 3 for run in free), free  # varied, not one repeated token
     stop = pick_stop(free)
     theirs = [hf_greedy(hf, p, GREEDY_NEW, eos=stop) for p in prompts]
-    sampler = Sampler(model, one_device(), stop_ids=[stop])
+    sampler = Engine(model, one_device(), stop_ids=[stop])
     ours = sampler.generate(prompts, SamplingParams(max_new_tokens=GREEDY_NEW, temperature=0))
     return name, model, prompts, stop, theirs, ours
 
@@ -205,7 +205,7 @@ def test_greedy_batch_equals_prompts_alone(greedy_case):
     """Exact equality with each prompt generated on its own (no padding, batch of one), and with
     n=2 greedy samples (the fan-out of one prefill)."""
     _, model, prompts, stop, _, ours = greedy_case
-    sampler = Sampler(model, one_device(), stop_ids=[stop])
+    sampler = Engine(model, one_device(), stop_ids=[stop])
     params = SamplingParams(max_new_tokens=GREEDY_NEW, temperature=0, n=2)
     for prompt, (batched,) in zip(prompts, ours, strict=True):
         alone = sampler.generate([prompt], params)[0]
@@ -232,7 +232,7 @@ def test_smollm2_greedy_equals_transformers():
     prompts = [handle.tokenizer.apply_chat_template(m, add_generation_prompt=True) for m in CHATS]
     assert len({len(p) for p in prompts}) == 2
     stops = list(handle.tokenizer.stop_token_ids)
-    sampler = Sampler(handle.model, mesh, stop_ids=stops)
+    sampler = Engine(handle.model, mesh, stop_ids=stops)
     ours = sampler.generate(prompts, SamplingParams(max_new_tokens=SMOL_NEW, temperature=0))
 
     directory, name = handle.source.rsplit("/", 1)
@@ -274,7 +274,7 @@ def sample_tokens(results):
 def mesh_reference(tiny):
     """llama_tied: two KV heads, so the tensor axis splits K/V as well as queries and the MLP."""
     _, src, model = tiny("llama_tied")
-    sampler = Sampler(model, one_device(), stop_ids=[NEVER])
+    sampler = Engine(model, one_device(), stop_ids=[NEVER])
     return src, sampler, sample_tokens(sampler.generate(MESH_PROMPTS, MESH_PARAMS))
 
 
@@ -285,7 +285,7 @@ def test_samples_identical_on_any_mesh(mesh_reference, shape):
     model = load_hf_dir(src, mesh=mesh)
     if shape[2] > 1:  # the weights really are split
         assert not model.layers[0].self_attn.k_proj[...].sharding.is_fully_replicated
-    sampler = Sampler(model, mesh, stop_ids=[NEVER])
+    sampler = Engine(model, mesh, stop_ids=[NEVER])
     assert sample_tokens(sampler.generate(MESH_PROMPTS, MESH_PARAMS)) == reference
 
 
@@ -443,7 +443,7 @@ def test_sampled_batch_is_independent_of_padding_and_batch_size(tiny):
     samples when batched with a long prompt (a wider prompt bucket and more padding) or with
     nothing after them (a smaller batch bucket), and prompt 0 gives the same alone."""
     _, _, model = tiny("gemma3")
-    sampler = Sampler(model, one_device(), stop_ids=[NEVER])
+    sampler = Engine(model, one_device(), stop_ids=[NEVER])
     params = SamplingParams(max_new_tokens=10, temperature=1.0, n=2, seed=3)
     base = random_prompts([2, 7, 4], seed=7)
     long_prompt = random_prompts([20], seed=8)  # bucket 32, not 16
@@ -455,32 +455,32 @@ def test_sampled_batch_is_independent_of_padding_and_batch_size(tiny):
     assert moved[1] != ref[0]  # the key follows the index, not the content
 
 
-# 7. Compilations: one per (batch bucket, prompt bucket, max_new_tokens, n, top_k).
+# 7. Compilations: shapes (slots, cache length, prompt bucket, n) and top_k / log-probs are all a
+# compiled program depends on; prompt contents, seeds, temperatures and top-p values are not.
 
 
 def test_no_recompilation_within_a_bucket(tiny):
     _, _, model = tiny("llama_untied_k1")
-    sampler = Sampler(model, one_device(), stop_ids=[NEVER])
+    engine = Engine(model, one_device(), stop_ids=[NEVER])
     base = SamplingParams(max_new_tokens=6, temperature=1.0, seed=0)
 
     def run(lengths, data_seed, **change):
         prompts = random_prompts(lengths, data_seed)
-        sampler.generate(prompts, SamplingParams(**{**vars(base), **change}))
-        return sampler.compilations
+        engine.generate(prompts, SamplingParams(**{**vars(base), **change}))
+        return engine.compilations
 
-    assert run([3, 10], 9) == 1
-    # New contents and lengths within bucket 16, batch bucket 2; new seeds, temperatures
-    # (greedy included), top-p values and log-probs: nothing new to compile.
-    assert run([16, 1], 10, seed=5) == 1
-    assert run([7, 8], 11, temperature=0.3, top_p=0.7) == 1
-    assert run([2, 2], 12, temperature=0.0) == 1
-    assert run([5, 9], 13, logprobs=True) == 1
-    assert run([17, 4], 14) == 2  # a new prompt bucket (32)
-    assert run([30, 20], 15, seed=1) == 2  # still bucket 32
-    assert run([3], 16) == 3  # a new batch bucket (1)
-    assert run([3, 4], 17, n=2) == 4  # a new n
-    assert run([3, 4], 18, top_k=5) == 5  # a new top_k
-    assert run([3, 4], 19, top_k=5, top_p=0.5, temperature=2.0) == 5
+    first = run([3, 10], 9)
+    # New contents and lengths within prompt bucket 16, two prompts; new seeds, temperatures
+    # (greedy included) and top-p values: nothing new to compile.
+    assert run([16, 1], 10, seed=5) == first
+    assert run([7, 8], 11, temperature=0.3, top_p=0.7) == first
+    assert run([2, 2], 12, temperature=0.0) == first
+    assert run([17, 4], 14) > first  # a new prompt bucket (32)
+    again = run([30, 20], 15, seed=1)
+    assert run([31, 2], 16, seed=2, temperature=0.5) == again  # still bucket 32
+    assert run([3, 4], 18, top_k=5) > again  # a new top_k
+    again = engine.compilations
+    assert run([3, 4], 19, top_k=5, top_p=0.5, temperature=2.0) == again
 
 
 # 8. Errors and the total-length cap.
@@ -506,7 +506,7 @@ def test_invalid_sampling_params(bad):
 def test_bad_prompts_and_length_cap(tiny):
     _, _, model = tiny("llama_tied")
     cap = 20
-    sampler = Sampler(model, one_device(), stop_ids=[NEVER], max_total_len=cap)
+    sampler = Engine(model, one_device(), stop_ids=[NEVER], max_total_len=cap)
     params = SamplingParams(max_new_tokens=24, temperature=0)
     with pytest.raises(TptError):
         sampler.generate([], params)
@@ -530,7 +530,7 @@ def test_bad_prompts_and_length_cap(tiny):
 
 def test_logprobs_match_full_forward(tiny):
     _, _, model = tiny("gemma2")
-    sampler = Sampler(model, one_device(), stop_ids=[NEVER])
+    sampler = Engine(model, one_device(), stop_ids=[NEVER])
     prompts = random_prompts([1, 6, 3], seed=17)
     params = SamplingParams(max_new_tokens=10, temperature=0.7, top_k=20, n=2, logprobs=True)
     results = sampler.generate(prompts, params)
@@ -559,9 +559,9 @@ def test_stream_equals_generate(tiny):
     _, _, model = tiny("gemma3")
     prompt = random_prompts([5], seed=18)[0]
     greedy = SamplingParams(max_new_tokens=12, temperature=0)
-    free = Sampler(model, one_device(), stop_ids=[NEVER]).generate([prompt], greedy)[0][0].tokens
+    free = Engine(model, one_device(), stop_ids=[NEVER]).generate([prompt], greedy)[0][0].tokens
     stop = free[4]
-    sampler = Sampler(model, one_device(), stop_ids=[stop])
+    sampler = Engine(model, one_device(), stop_ids=[stop])
     (stopped,) = sampler.generate([prompt], greedy)[0]
     assert stopped.finish_reason == "stop"
     assert stopped.tokens == free[: free.index(stop) + 1]
@@ -571,14 +571,11 @@ def test_stream_equals_generate(tiny):
 
 
 def test_repeated_streams_do_not_recompile(tiny):
-    from tpt_jax import sampler as sampler_module
-
     _, _, model = tiny("llama_tied")
-    sampler = Sampler(model, one_device(), stop_ids=[NEVER])
+    engine = Engine(model, one_device(), stop_ids=[NEVER])
     params = SamplingParams(max_new_tokens=6, temperature=0)
-    list(sampler.stream(random_prompts([5], seed=1)[0], params))
-    before = sampler_module._stream_step._cache_size(), sampler_module._stream_start._cache_size()
+    list(engine.stream(random_prompts([5], seed=1)[0], params))
+    before = engine.compilations
     for seed, length in ((2, 3), (3, 9), (4, 14)):  # same 16-token bucket, new contents
-        list(sampler.stream(random_prompts([length], seed=seed)[0], params))
-    after = sampler_module._stream_step._cache_size(), sampler_module._stream_start._cache_size()
-    assert after == before
+        list(engine.stream(random_prompts([length], seed=seed)[0], params))
+    assert engine.compilations == before

@@ -14,10 +14,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tpt_jax import checkpoint, hf_io
+from tpt_jax.engine import Engine, EngineOptions, Sample, SamplingParams
 from tpt_jax.errors import CheckpointError, TptError
 from tpt_jax.models.config import ModelConfig
-from tpt_jax.models.transformer import Transformer, forward, positions_from_valid
-from tpt_jax.sampler import Sample, Sampler, SamplingParams, left_pad
+from tpt_jax.models.transformer import Transformer, forward, left_pad, positions_from_valid
 from tpt_jax.sharding import SAMPLE_RULES, batch_sharding, make_mesh
 from tpt_jax.tokenizer import Tokenizer
 
@@ -58,6 +58,7 @@ class ModelHandle:
     tokenizer: Tokenizer | None
     mesh: Mesh
     source: str = ""
+    engine_options: EngineOptions = EngineOptions()
 
     @property
     def config(self) -> ModelConfig:
@@ -86,10 +87,17 @@ class ModelHandle:
         return np.asarray(fn(self._split[1], tokens, positions, valid))
 
     @functools.cached_property
-    def sampler(self) -> Sampler:
+    def engine(self) -> Engine:
+        """The generation engine (decode slots sized from the memory budget), made on first use."""
         stops = self.tokenizer.stop_token_ids if self.tokenizer else self.config.eos_token_ids
         pad = self.config.pad_token_id
-        return Sampler(self.model, self.mesh, stop_ids=stops, pad_id=0 if pad is None else pad)
+        return Engine(
+            self.model,
+            self.mesh,
+            stop_ids=stops,
+            pad_id=0 if pad is None else pad,
+            options=self.engine_options,
+        )
 
     def encode_prompt(self, prompt: Any) -> list[int]:
         """Token ids from ids, a chat (list of {"role", "content"} dicts) or plain text."""
@@ -126,14 +134,20 @@ class ModelHandle:
         key_ids: list[int] | None = None,
     ) -> list[list[Sample]]:
         """`generate` for token-id prompts; `key_ids` name each prompt's random stream (see
-        `Sampler.generate`), so work split into chunks samples exactly as in one call."""
-        results = self.sampler.generate(prompts, params, key_ids)
-        if self.tokenizer is not None:
-            for samples in results:
-                for sample in samples:
-                    body = sample.tokens[:-1] if sample.finish_reason == "stop" else sample.tokens
-                    sample.text = self.tokenizer.decode(body)
+        `Engine.generate`), so work split into chunks samples exactly as in one call."""
+        results = self.engine.generate(prompts, params, key_ids)
+        for samples in results:
+            for sample in samples:
+                self.add_text(sample)
         return results
+
+    def add_text(self, sample: Sample) -> Sample:
+        """Set `sample.text` (the tokens without the stop token, decoded) when there is a
+        tokenizer."""
+        if self.tokenizer is not None:
+            body = sample.tokens[:-1] if sample.finish_reason == "stop" else sample.tokens
+            sample.text = self.tokenizer.decode(body)
+        return sample
 
     def save_hf(self, directory: str | Path, dtype: str | None = None) -> Path:
         return hf_io.save_hf_dir(self.model, directory, tokenizer=self.tokenizer, dtype=dtype)
@@ -150,10 +164,15 @@ def _left_pad(token_ids: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load(
-    path: str | Path, dtype: str = "float32", mesh: Mesh | None = None, rules=SAMPLE_RULES
+    path: str | Path,
+    dtype: str = "float32",
+    mesh: Mesh | None = None,
+    rules=SAMPLE_RULES,
+    engine: EngineOptions | None = None,
 ) -> ModelHandle:
     """Load a HF directory, a `.gguf` file, a tpt_jax (Orbax) checkpoint, or a shipped model
-    name (`smollm2`, `gemma3-270m`); params are placed on `mesh` (default: all devices)."""
+    name (`smollm2`, `gemma3-270m`); params are placed on `mesh` (default: all devices).
+    `engine` sizes generation (slots, memory budget; default: from the device)."""
     if dtype not in DTYPES:
         raise TptError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     shipped = shipped_models()
@@ -185,4 +204,4 @@ def load(
             where=lambda key: str(path),
         )
         tok = g.tokenizer
-    return ModelHandle(model, tok, mesh, str(path))
+    return ModelHandle(model, tok, mesh, str(path), engine or EngineOptions())

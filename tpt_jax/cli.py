@@ -57,7 +57,7 @@ def _top(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     """Answer one prompt; a single sample streams its text as tokens are produced."""
     from tpt_jax.api import load
-    from tpt_jax.sampler import SamplingParams
+    from tpt_jax.engine import SamplingParams
 
     handle = load(args.model, dtype=args.dtype)
     prompt = args.prompt if args.raw else [{"role": "user", "content": args.prompt}]
@@ -69,9 +69,9 @@ def _generate(args: argparse.Namespace) -> None:
     if args.n == 1 and handle.tokenizer is not None:
         tokens: list[int] = []
         shown = ""
-        stops = set(handle.sampler.stop_ids)
+        stops = set(handle.engine.stop_ids)
         reasons = ["length"]
-        for token in handle.sampler.stream(ids, params):
+        for token in handle.engine.stream(ids, params):
             if token in stops:
                 reasons = ["stop"]
                 break

@@ -22,6 +22,7 @@ from typing import Any
 from tpt_jax.errors import TptError
 
 __all__ = [
+    "EngineConfig",
     "EvalConfig",
     "ModelSpec",
     "PruneConfig",
@@ -38,6 +39,10 @@ __all__ = [
 
 class ConfigError(TptError):
     """A bad run config: the message names the file and key."""
+
+
+_ENGINE = "the engine keeps engine.slots decode slots full, sized from the memory budget; delete it"
+REMOVED = {"think.batch_size": _ENGINE, "eval.batch_size": _ENGINE}  # key: what to do instead
 
 
 @dataclass(frozen=True)
@@ -96,14 +101,12 @@ class ThinkConfig:
     top_k: int = 0
     max_new_tokens: int = 1500
     problems: int | None = None  # first N train problems per round (None = all)
-    batch_size: int = 64  # prompts per sampler call (each makes n rows)
     traces_from: str | None = None  # another run's directory: use its traces (cross-model)
     max_prompt_tokens: int | None = None  # longer prompts are skipped and counted
 
     def check(self) -> None:
         _at_least("think.n", self.n, 1)
         _at_least("think.max_new_tokens", self.max_new_tokens, 1)
-        _at_least("think.batch_size", self.batch_size, 1)
         _at_least("think.temperature", self.temperature, 0.0)
         _at_least("think.top_k", self.top_k, 0)
         if not 0 < self.top_p <= 1:
@@ -177,18 +180,39 @@ class EvalConfig:
     k: tuple[int, ...] = (1, 5, 10, 20)  # Pass@k reported for each k <= n
     greedy: bool = True  # also one greedy answer per problem
     grading: str = "strict"
-    batch_size: int = 64
 
     def check(self) -> None:
         _at_least("eval.n", self.n, 1)
         _at_least("eval.max_new_tokens", self.max_new_tokens, 1)
-        _at_least("eval.batch_size", self.batch_size, 1)
         _at_least("eval.temperature", self.temperature, 0.0)
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"eval.top_p must be in (0, 1], got {self.top_p}")
         _choice("eval.grading", self.grading, ("strict", "normalized", "lenient"))
         if not self.k or min(self.k) < 1:
             raise ConfigError(f"eval.k must list values >= 1, got {list(self.k)}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Generation for THINK and EVAL: every request goes to one engine whose decode slots are
+    sized from a memory budget (`tpt plan` shows the numbers)."""
+
+    dtype: str = "auto"  # weights and KV while sampling: auto = bfloat16 on GPU/TPU, else model
+    slots: int | None = None  # decode slots (None: what the memory budget holds, capped)
+    max_slots: int | None = None  # the cap when slots is None (None: 64 on CPU, 512 otherwise)
+    memory_gb: float | None = None  # KV + workspace (None: 90% of free device memory; CPU: RAM/4)
+    decode_steps: int = 16  # decode steps per device call between refills of finished slots
+    prefill_tokens: int = 8192  # padded prompt tokens per prefill call
+
+    def check(self) -> None:
+        _choice("engine.dtype", self.dtype, ("auto", "float32", "bfloat16"))
+        for key in ("slots", "max_slots"):
+            if getattr(self, key) is not None:
+                _at_least(f"engine.{key}", getattr(self, key), 1)
+        if self.memory_gb is not None and not self.memory_gb > 0:
+            raise ConfigError(f"engine.memory_gb must be > 0, got {self.memory_gb}")
+        _at_least("engine.decode_steps", self.decode_steps, 1)
+        _at_least("engine.prefill_tokens", self.prefill_tokens, 16)
 
 
 @dataclass(frozen=True)
@@ -205,12 +229,14 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     def check(self) -> None:
         _at_least("rounds", self.rounds, 0)
         _choice("export", self.export, ("none", "best", "final"))
         _choice("on_empty_round", self.on_empty_round, ("stop", "carry"))
-        for section in (self.model, self.task, self.think, self.prune, self.train, self.eval):
+        sections = (self.model, self.task, self.think, self.prune, self.train, self.eval)
+        for section in (*sections, self.engine):
             section.check()
 
 
@@ -340,6 +366,8 @@ def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}
     for key, value in raw.items():
+        if f"{prefix}{key}" in REMOVED:
+            raise ConfigError(f"{where}: {prefix}{key} was removed: {REMOVED[prefix + key]}")
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {prefix}{near[0]}?" if near else ""

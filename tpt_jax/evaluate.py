@@ -16,8 +16,8 @@ from typing import Any
 
 from tpt_jax.api import ModelHandle
 from tpt_jax.config import EvalConfig
+from tpt_jax.engine import SamplingParams
 from tpt_jax.grading import MODES, extract_answer, is_correct, mean_pass_at_k
-from tpt_jax.sampler import SamplingParams
 from tpt_jax.stats import mean_ci, wilson
 from tpt_jax.think import EncodedPrompts, sample_to_file
 
@@ -107,15 +107,14 @@ def evaluate(
         n=config.n,
         seed=seed,
     )
-    run = dict(batch_size=config.batch_size)
     sampled = sample_to_file(
-        handle, prompts, params, out_dir / "samples.jsonl", label=f"{label} sampled", **run
+        handle, prompts, params, out_dir / "samples.jsonl", label=f"{label} sampled"
     )
     greedy = []
     if config.greedy:
         params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0.0, n=1)
         greedy = sample_to_file(
-            handle, prompts, params, out_dir / "greedy.jsonl", label=f"{label} greedy", **run
+            handle, prompts, params, out_dir / "greedy.jsonl", label=f"{label} greedy"
         )
     summary = summarize(sampled, greedy, answers, config)
     summary["skipped_too_long"] = prompts.skipped_too_long

@@ -52,13 +52,13 @@ from tpt_jax.api import ModelHandle, load
 from tpt_jax.arithmetic import generate_problems
 from tpt_jax.config import RunConfig, config_hash, from_dict, to_dict
 from tpt_jax.data import encode_example
+from tpt_jax.engine import EngineOptions, SamplingParams
 from tpt_jax.errors import TptError
 from tpt_jax.evaluate import evaluate
 from tpt_jax.metrics import MetricsWriter, Progress
 from tpt_jax.models.config import preset
 from tpt_jax.models.transformer import init_model
 from tpt_jax.prune import prune
-from tpt_jax.sampler import SamplingParams
 from tpt_jax.sharding import TRAIN_RULES, make_mesh
 from tpt_jax.tasks import Problem, ProblemList, load_gsm8k
 from tpt_jax.think import (
@@ -164,7 +164,7 @@ class Run:
         if not model:
             return
         if think_pending or not (self.round_dir(0) / "manifest.json").exists():
-            handle = self.model_for(0)  # model errors now, before anything is printed
+            handle = self.model_for(0, sampling=True)  # model errors now, before any output
             spec, tok = self.config.model, handle.tokenizer
             if self.config.task.prompt == "chat" and tok is not None and not tok.chat_template:
                 where = (
@@ -257,7 +257,7 @@ class Run:
             records = read_traces(source)
             write_records(traces_path, records)
             return {"problems": len({t["problem_id"] for t in records}), "copied_from": str(source)}
-        handle = self.model_for(r - 1)
+        handle = self.model_for(r - 1, sampling=True)
         prompts = self._think_prompts(handle)
         self._check_prompts(prompts)
         if prompts.skipped_too_long:
@@ -275,9 +275,7 @@ class Run:
             seed=_seed(self.config.seed, "think", r),
         )
         t0 = time.perf_counter()
-        records = sample_to_file(
-            handle, prompts, params, traces_path, batch_size=cfg.batch_size, label="think"
-        )
+        records = sample_to_file(handle, prompts, params, traces_path, label="think")
         tokens = sum(t["n_tokens"] for t in records)
         stats = {
             "problems": len(prompts.problems),
@@ -358,7 +356,7 @@ class Run:
         return {"model": str(model_dir), "carried": False, **summary}
 
     def _eval(self, r: int, out: Path) -> dict[str, Any]:
-        handle = self.model_for(r)
+        handle = self.model_for(r, sampling=True)
         cfg = self.config.eval
         prompts = encode_prompts(
             handle, self.problems("test"), self.config.task, self.shots(), None, cfg.max_new_tokens
@@ -385,20 +383,43 @@ class Run:
             return self.config.model.path
         return read_json(self.round_dir(r) / "train" / "DONE.json")["model"]
 
-    def model_for(self, r: int, rules=None) -> ModelHandle:
+    def model_for(self, r: int, rules=None, sampling: bool = False) -> ModelHandle:
+        """Round r's model: in the master dtype (TRAIN, export), or for sampling (THINK, EVAL)
+        in engine.dtype, loaded directly in that dtype so no second copy is ever made."""
         path = self.model_path(r)
-        key = f"{path}|{rules is not None}"
+        dtype = self.sampling_dtype() if sampling else self.config.model.dtype
+        key = f"{path}|{rules is not None}|{dtype}"
         if self._handle is None or self._handle[0] != key:
             self._handle = None  # free the old weights before loading new ones
-            self._handle = (key, self._load(path, rules))
+            self._handle = (key, self._load(path, rules, dtype))
         return self._handle[1]
 
-    def _load(self, path: str, rules) -> ModelHandle:
+    def sampling_dtype(self) -> str:
+        """engine.dtype, with auto = bfloat16 on GPU/TPU and the master dtype on CPU."""
+        name = self.config.engine.dtype
+        if name != "auto":
+            return name
+        return self.config.model.dtype if jax.devices()[0].platform == "cpu" else "bfloat16"
+
+    def engine_options(self, dtype: str) -> EngineOptions:
+        cfg = self.config.engine
+        budget = None if cfg.memory_gb is None else int(cfg.memory_gb * 2**30)
+        return EngineOptions(
+            dtype=dtype,
+            slots=cfg.slots,
+            max_slots=cfg.max_slots,
+            memory_budget=budget,
+            decode_steps=cfg.decode_steps,
+            prefill_tokens=cfg.prefill_tokens,
+        )
+
+    def _load(self, path: str, rules, dtype: str) -> ModelHandle:
         spec = self.config.model
         kwargs = {"rules": rules} if rules is not None else {}
+        kwargs |= {"dtype": dtype, "mesh": self.mesh, "engine": self.engine_options(dtype)}
         if not path.startswith("preset:"):
             try:
-                return load(path, dtype=spec.dtype, mesh=self.mesh, **kwargs)
+                return load(path, **kwargs)
             except TptError as e:
                 if path != spec.path:
                     raise
@@ -414,12 +435,12 @@ class Run:
         )
         import jax.numpy as jnp
 
-        dtype = jnp.float32 if spec.dtype == "float32" else jnp.bfloat16
-        model = init_model(preset(path.removeprefix("preset:")), self.config.seed, dtype)
+        master = jnp.float32 if spec.dtype == "float32" else jnp.bfloat16
+        model = init_model(preset(path.removeprefix("preset:")), self.config.seed, master)
         tmp = self.dir / "base_model"  # materialize once, so every later load is the same
         if not checkpoint.is_checkpoint(tmp):
             checkpoint.save_checkpoint(model, tmp, tokenizer=tokenizer)
-        return load(tmp, dtype=spec.dtype, mesh=self.mesh, **kwargs)
+        return load(tmp, **kwargs)
 
     def problems(self, split: str) -> list[Problem]:
         if self._problems is None:

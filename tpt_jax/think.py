@@ -21,9 +21,9 @@ from typing import Any
 from tpt_jax import faults
 from tpt_jax.api import ModelHandle
 from tpt_jax.config import TaskConfig
+from tpt_jax.engine import Sample, SamplingParams
 from tpt_jax.errors import TptError
 from tpt_jax.metrics import Progress
-from tpt_jax.sampler import SamplingParams
 from tpt_jax.tasks import Problem, chat_messages, plain_prompt
 
 
@@ -101,50 +101,61 @@ def sample_to_file(
     params: SamplingParams,
     path: Path,
     *,
-    batch_size: int,
     label: str,
 ) -> list[dict[str, Any]]:
     """Sample `params.n` answers per prompt into `path` (JSONL, one record per sample), resuming
-    from whatever complete problems it already holds; returns all records in problem order."""
+    from whatever complete problems it already holds; returns all records in problem order.
+
+    Every prompt still to do goes to the engine at once, which keeps its decode slots full.
+    Problems finish out of order; after each engine chunk the problems whose n samples are all
+    done are appended and fsync'd, so a kill loses only samples in flight. At the end the file
+    is rewritten in problem order, so it is the same however the work was interrupted."""
     done = read_traces(path)
     counts = Counter(r["problem_id"] for r in done)
     finished = {pid for pid, c in counts.items() if c == params.n}
     if done:  # rewrite without a torn tail or a half-written problem: appends start clean
         write_records(path, [r for r in done if r["problem_id"] in finished])
     todo = [i for i, p in enumerate(prompts.problems) if p.id not in finished]
-    total_samples = len(todo) * params.n
-    progress = Progress(label, total_samples, "samples")
+    progress = Progress(label, len(todo) * params.n, "samples")
     tokens_made = 0
     t0 = time.perf_counter()
-    with open(path, "a", encoding="utf-8") as f:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            results = handle.generate_ids(
-                [prompts.ids[i] for i in chunk], params, [prompts.key_ids[i] for i in chunk]
+    if todo:
+        with open(path, "a", encoding="utf-8") as f:
+            chunks = handle.engine.run_chunks(
+                [prompts.ids[i] for i in todo], params, [prompts.key_ids[i] for i in todo]
             )
-            lines = []
-            for i, samples in zip(chunk, results, strict=True):
-                for j, sample in enumerate(samples):
+            pending: dict[int, list] = {}
+            for chunk in chunks:
+                lines = []
+                for k, j, sample in chunk:
                     tokens_made += sample.length
-                    record = {
-                        "problem_id": prompts.problems[i].id,
-                        "sample": j,
-                        "text": sample.text,
-                        "n_tokens": sample.length,
-                        "finish_reason": sample.finish_reason,
-                    }
-                    lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
-            faults.reached("think.chunk")
-            tokens_per_s = tokens_made / (time.perf_counter() - t0)
-            progress.update(len(chunk) * params.n, f"{tokens_per_s:.0f} tok/s")
+                    pending.setdefault(k, [None] * params.n)[j] = handle.add_text(sample)
+                    if all(s is not None for s in pending[k]):
+                        problem = prompts.problems[todo[k]]
+                        lines += [_record(problem.id, j, s) for j, s in enumerate(pending.pop(k))]
+                f.write("".join(lines))
+                f.flush()
+                os.fsync(f.fileno())
+                faults.reached("think.chunk")
+                tokens_per_s = tokens_made / (time.perf_counter() - t0)
+                progress.update(len(chunk), f"{tokens_per_s:.0f} tok/s")
     progress.close()
     order = {p.id: i for i, p in enumerate(prompts.problems)}
     records = read_traces(path)
     records.sort(key=lambda r: (order.get(r["problem_id"], len(order)), r["sample"]))
+    write_records(path, records)
     return records
+
+
+def _record(problem_id: str, sample: int, s: Sample) -> str:
+    record = {
+        "problem_id": problem_id,
+        "sample": sample,
+        "text": s.text,
+        "n_tokens": s.length,
+        "finish_reason": s.finish_reason,
+    }
+    return json.dumps(record, ensure_ascii=False) + "\n"
 
 
 def write_records(path: Path, records: list[dict[str, Any]]) -> None:

@@ -19,7 +19,7 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 
-# Tokens that end an assistant turn in the chat formats we meet; the sampler stops on any of them.
+# Tokens that end an assistant turn in the chat formats we meet; the engine stops on any of them.
 END_OF_TURN_TOKENS = (
     "<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>",
 )  # fmt: skip

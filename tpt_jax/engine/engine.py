@@ -25,6 +25,7 @@ import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -55,10 +56,27 @@ def pow2_at_least(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
+def sampling_dtype(name: str, mesh: Mesh, loaded: Any) -> Any:
+    """The dtype of weights and KV while sampling: bf16 on accelerators unless told otherwise
+    (decoding reads every weight per step, so half the bytes is nearly twice the speed); on CPU
+    the loaded dtype (XLA:CPU has no fast bf16 matmuls)."""
+    if name == "auto":
+        return loaded if mesh.devices.flat[0].platform == "cpu" else jnp.bfloat16
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def _cast(params: nnx.State, dtype: Any) -> nnx.State:
+    shardings = jax.tree.map(lambda a: a.sharding, params)
+    return jax.jit(lambda p: jax.tree.map(lambda a: a.astype(dtype), p), out_shardings=shardings)(
+        params
+    )
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """How the engine sizes itself. None means: from the memory budget and the device."""
 
+    dtype: str = "auto"  # weights and KV while sampling: auto = bfloat16 on GPU/TPU, else as loaded
     slots: int | None = None  # decode slots; None: as many as the budget holds, up to max_slots
     max_slots: int | None = None  # cap when `slots` is None (None: 64 on CPU, 512 otherwise)
     memory_budget: int | None = None  # bytes for KV and workspace (None: plan.default_budget)
@@ -99,6 +117,9 @@ class Engine:
         prompt_buckets: Sequence[int] = PROMPT_BUCKETS,
     ):
         self.graphdef, self.params = nnx.split(model)
+        self.dtype = sampling_dtype(options.dtype, mesh, model.embed_tokens[...].dtype)
+        if self.dtype != model.embed_tokens[...].dtype:  # a sampling copy; masters untouched
+            self.params = _cast(self.params, self.dtype)
         self.config = model.config
         self.mesh = mesh
         self.stop_ids = tuple(int(i) for i in (stop_ids or model.config.eos_token_ids))
@@ -106,13 +127,12 @@ class Engine:
         self.max_total_len = max_total_len or model.config.max_position_embeddings
         self.options = options
         self.prompt_buckets = tuple(prompt_buckets)
-        self.dtype = model.embed_tokens[...].dtype
         self.last_run: dict = {}  # slots, cache lengths and timings of the latest call
 
     @property
     def compilations(self) -> int:
         """XLA programs built so far by the engine's functions (all engines share them)."""
-        fns = (device.prefill, device.insert, device.decode, device.resize)
+        fns = (device.prefill, device.insert, device.decode, device.resize, device.zeros)
         return sum(fn._cache_size() for fn in fns)
 
     # --- sizing --------------------------------------------------------------------------------
@@ -146,9 +166,11 @@ class Engine:
         return max(1, slots if slots < 8 else slots - slots % 8)
 
     def _view(self, needed: int, limit: int) -> int:
+        """The smallest cache length of the form 128 * 2^i or 192 * 2^i that holds `needed`
+        (at most a third is unused; about two compilations per doubling), capped at `limit`."""
         view = VIEW_QUANTUM
         while view < needed:
-            view *= 2
+            view = view * 3 // 2 if view & (view - 1) == 0 else view * 4 // 3
         return min(view, limit)
 
     # --- requests ------------------------------------------------------------------------------
@@ -179,9 +201,20 @@ class Engine:
         """`params.n` samples for each prompt (token-id lists), in prompt order. Sample j of a
         prompt with key id p (default: its index) depends only on (seed, p, j)."""
         results: list[list[Sample | None]] = [[None] * params.n for _ in prompts]
-        for i, j, sample in self.run(prompts, params, key_ids):
-            results[i][j] = sample
+        for chunk in self.run_chunks(prompts, params, key_ids):
+            for i, j, sample in chunk:
+                results[i][j] = sample
         return results  # type: ignore[return-value]
+
+    def run_chunks(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams = DEFAULT_PARAMS,
+        key_ids: Sequence[int] | None = None,
+    ) -> Iterator[list[tuple[int, int, Sample]]]:
+        """After every decode chunk, the samples that finished in it (often none), each as
+        (prompt index, sample index, Sample): what a caller needs to save work as it goes."""
+        yield from self._events(prompts, params, key_ids, self.options.decode_steps, False)
 
     def stream(
         self, prompt: Sequence[int], params: SamplingParams = DEFAULT_PARAMS
@@ -190,30 +223,22 @@ class Engine:
         device call, so each token reaches the caller as soon as it exists."""
         if params.n != 1:
             raise TptError("stream() makes one sample; use generate() for n > 1")
-        for _, _, tokens in self._events([prompt], params, None, steps=1, partial=True):
-            yield from tokens
-
-    def run(
-        self,
-        prompts: Sequence[Sequence[int]],
-        params: SamplingParams = DEFAULT_PARAMS,
-        key_ids: Sequence[int] | None = None,
-    ) -> Iterator[tuple[int, int, Sample]]:
-        """(prompt index, sample index, Sample) for every sample, as each one finishes."""
-        yield from self._events(prompts, params, key_ids, self.options.decode_steps, False)
+        for chunk in self._events([prompt], params, None, steps=1, partial=True):
+            for _, _, tokens in chunk:
+                yield from tokens
 
     # --- the scheduler -------------------------------------------------------------------------
 
     def _events(self, prompts, params: SamplingParams, key_ids, steps: int, partial: bool):
-        """The host loop. With `partial`, yields (prompt, sample, new tokens) after every
-        chunk; otherwise (prompt, sample, Sample) when a sample finishes."""
+        """The host loop; after every chunk it yields a list of (prompt, sample, X), where X is
+        each live sample's new tokens with `partial`, else each finished sample's Sample."""
         keys_of = self._check(prompts, key_ids)
         n = params.n
         longest = max(len(p) for p in prompts)
         limit = min(self.max_total_len, longest + params.max_new_tokens)
         limit = max(-(-limit // VIEW_QUANTUM) * VIEW_QUANTUM, bucket(longest, self.prompt_buckets))
         slots = self.plan_slots(len(prompts) * n, limit)
-        st = device.Static(params.top_k, params.logprobs, self.stop_ids)
+        st = device.Static.of(params, self.stop_ids)
         sampling = (jnp.float32(params.temperature), jnp.float32(params.top_p))
         state = jax.device_put(device.SlotState.empty(slots), self._row_sharding(slots))
         view = self._view(VIEW_QUANTUM, limit)
@@ -223,8 +248,9 @@ class Engine:
         active: dict[int, _Slot] = {}
         free = list(range(slots))
         waiting = len(prompts) * n  # samples not yet in a slot
+        # What the run did: decode steps x slots against tokens made is slot utilization.
         self.last_run = {"slots": slots, "limit": limit, "views": [view], "chunks": 0}
-        self.last_run["prefills"] = 0
+        self.last_run |= {"prefills": 0, "steps": 0, "tokens": 0}
 
         while True:
             # 1. Fill free slots: samples of staged prompts first, then newly prefilled ones.
@@ -258,16 +284,19 @@ class Engine:
             longest_live = max(len(prompts[s.prompt]) + len(s.tokens) for s in active.values())
             cache, view = self._grow(cache, view, longest_live + steps + 1, limit)
             min_free = min(waiting, max(n, slots // 8)) if waiting else slots + 1
-            cache, state, out, out_lp = device.decode(
+            cache, state, out, out_lp, ran = device.decode(
                 self.params, cache, state, *sampling, jnp.int32(min_free),
                 graphdef=self.graphdef, steps=steps, st=st,
             )  # fmt: skip
             self.last_run["chunks"] += 1
             # 3. One transfer: first tokens of new samples, this chunk's tokens, who is live.
-            firsts, (out, out_lp, live) = jax.device_get(
-                ([(f, lp) for _, f, lp in inserted], (out, out_lp, state.live))
+            firsts, (out, out_lp, live, ran) = jax.device_get(
+                ([(f, lp) for _, f, lp in inserted], (out, out_lp, state.live, ran))
             )
+            self.last_run["steps"] += int(ran)
+            self.last_run["tokens"] += int((out >= 0).sum())
             new: dict[int, list[int]] = {b: [] for b in active}
+            events: list = []
             for (dst, _, _), (first, first_lp) in zip(inserted, firsts, strict=True):
                 for r, j in zip(*np.nonzero(dst < slots), strict=True):
                     b = int(dst[r, j])
@@ -279,12 +308,13 @@ class Engine:
                 slot.tokens += new[b]
                 slot.logprobs += out_lp[b][made].tolist()
                 if partial and new[b]:
-                    yield slot.prompt, slot.sample, new[b]
+                    events.append((slot.prompt, slot.sample, new[b]))
                 if not live[b]:
                     del active[b]
                     free.append(b)
                     if not partial:
-                        yield slot.prompt, slot.sample, self._sample(slot, params)
+                        events.append((slot.prompt, slot.sample, self._sample(slot, params)))
+            yield events
             free.sort()
             # 4. Shrink the cache when every live sample fits a bucket half the size or less.
             if active:
@@ -343,25 +373,28 @@ class Engine:
     def _empty_cache(self, slots: int, view: int) -> SlotKV:
         shape = SlotKV.shape(self.config, slots, view)
         sharding = self._cache_sharding(shape)
-        make = jax.jit(lambda: jnp.zeros(shape, self.dtype), out_shardings=sharding)
         layers = self.config.num_layers
+        make = lambda: device.zeros(shape, self.dtype, sharding)  # noqa: E731
         return SlotKV(tuple(make() for _ in range(layers)), tuple(make() for _ in range(layers)))
 
     def _grow(self, cache: SlotKV, view: int, needed: int, limit: int) -> tuple[SlotKV, int]:
-        if needed <= view:
-            return cache, view
-        return self._resize(cache, self._view(needed, limit))
+        target = self._view(needed, limit)
+        return (cache, view) if target <= view else (self._resize(cache, target), target)
 
     def _shrink(self, cache: SlotKV, view: int, needed: int, limit: int) -> tuple[SlotKV, int]:
         target = self._view(needed, limit)
         if target * 2 > view:  # only halve or more: resizing is a copy
             return cache, view
-        return self._resize(cache, target)
+        return self._resize(cache, target), target
 
-    def _resize(self, cache: SlotKV, view: int) -> tuple[SlotKV, int]:
+    def _resize(self, cache: SlotKV, view: int) -> SlotKV:
+        """The cache with `view` positions per slot, one layer at a time: each old layer is
+        released as soon as its copy exists (the caller's tuple is emptied), so the peak is
+        one extra layer, not a second cache."""
         self.last_run["views"].append(view)
-        ks, vs = [], []
-        for k, v in zip(cache.k, cache.v, strict=True):  # one layer at a time: small peak
-            ks.append(device.resize(k, length=view))
-            vs.append(device.resize(v, length=view))
-        return SlotKV(tuple(ks), tuple(vs)), view
+        ks, vs = list(cache.k), list(cache.v)
+        del cache
+        for i in range(len(ks)):
+            ks[i] = device.resize(ks[i], length=view)
+            vs[i] = device.resize(vs[i], length=view)
+        return SlotKV(tuple(ks), tuple(vs))

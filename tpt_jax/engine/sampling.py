@@ -72,6 +72,7 @@ def sample_logits(
     temperature: Float[Array, ""],
     top_p: Float[Array, ""],
     top_k: int,
+    top_p_below_one: bool = True,
 ) -> Int[Array, " B"]:
     """One token per row: argmax at temperature 0, else a draw after temperature, top-k, then
     top-p (nucleus, renormalised within the top-k as transformers does).
@@ -80,18 +81,23 @@ def sample_logits(
     no candidates, no sort. Top-p without top-k looks among the `NUCLEUS_CANDIDATES` best
     tokens (`lax.top_k`, no sort of the vocabulary); a row whose candidates hold less mass than
     top_p falls back to the whole vocabulary, so the result is exact. At temperature 0 none of
-    that work runs.
+    that work runs. `top_p_below_one=False` (static) promises top_p is 1: the nucleus code is
+    then not compiled at all.
     """
     logits = logits.astype(jnp.float32)
+    if not top_p_below_one:
+        top_p = jnp.float32(1.0)
     return jax.lax.cond(
         temperature == 0,
         lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32),
-        lambda: _sample(logits, keys, temperature, top_p, top_k).astype(jnp.int32),
+        lambda: _sample(logits, keys, temperature, top_p, top_k, top_p_below_one),
     )
 
 
-def _sample(logits: Array, keys: Array, temperature: Array, top_p: Array, top_k: int) -> Array:
+def _sample(logits, keys, temperature, top_p, top_k: int, top_p_below_one: bool) -> Array:
     scaled = logits / jnp.maximum(temperature, 1e-6)
+    if not top_k and not top_p_below_one:
+        return _inverse_cdf(keys, jax.nn.softmax(scaled, axis=-1))
     if not top_k:
         return jax.lax.cond(
             top_p >= 1.0,
@@ -125,7 +131,7 @@ def _nucleus(vals: Array, probs: Array, idx: Array, top_p: Array) -> tuple[Array
 
 def _draw(keys: Array, vals: Array, idx: Array) -> Array:
     choice = jax.vmap(jax.random.categorical)(keys, vals)
-    return jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0]
+    return jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
 def _inverse_cdf(keys: Array, probs: Float[Array, "B V"]) -> Int[Array, " B"]:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from tpt_jax.engine.sampling import chosen_logprobs, sample_logits
+from tpt_jax.engine.sampling import SamplingParams, chosen_logprobs, sample_logits
 from tpt_jax.models.transformer import SlotKV
 
 
@@ -37,7 +37,9 @@ class SlotState:
     def empty(slots: int) -> SlotState:
         zeros = lambda: jnp.zeros((slots,), jnp.int32)  # noqa: E731 (distinct buffers: donated)
         live = jnp.zeros((slots,), bool)
-        return SlotState(zeros(), zeros(), zeros(), zeros(), live, jnp.zeros((slots, 2), jnp.uint32))
+        return SlotState(
+            zeros(), zeros(), zeros(), zeros(), live, jnp.zeros((slots, 2), jnp.uint32)
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +47,13 @@ class Static:
     """What a compiled function depends on besides shapes (hashable: a jit static argument)."""
 
     top_k: int
-    logprobs: bool
+    top_p_below_one: bool  # False: no nucleus code is compiled at all
+    logprobs: bool  # False: no log-softmax is computed
     stop_ids: tuple[int, ...]
+
+    @staticmethod
+    def of(params: SamplingParams, stop_ids: tuple[int, ...]) -> Static:
+        return Static(params.top_k, params.top_p < 1.0, params.logprobs, stop_ids)
 
 
 def _model(graphdef: nnx.GraphDef, params: nnx.State) -> Any:
@@ -69,7 +76,7 @@ def prefill(
 
 def _choose(logits, keys, step, temperature, top_p, st: Static):
     step_keys = jax.vmap(jax.random.fold_in)(keys, step)
-    token = sample_logits(logits, step_keys, temperature, top_p, st.top_k)
+    token = sample_logits(logits, step_keys, temperature, top_p, st.top_k, st.top_p_below_one)
     logprob = chosen_logprobs(logits, token) if st.logprobs else jnp.zeros(token.shape)
     stop = jnp.isin(token, jnp.asarray(st.stop_ids, jnp.int32))
     return token, logprob, stop
@@ -144,11 +151,11 @@ def decode(
     graphdef: nnx.GraphDef,
     steps: int,
     st: Static,
-) -> tuple[SlotKV, SlotState, Int[Array, "B S"], Float[Array, "B S"]]:
+) -> tuple[SlotKV, SlotState, Int[Array, "B S"], Float[Array, "B S"], Int[Array, ""]]:
     """Up to `steps` decode steps for every live slot, on device with no host round trip.
     Stops early once no slot is live, or once `min_free` slots are free (so the host can refill
     them while the rest wait as little as possible). Returns each step's emitted tokens (-1 for
-    a slot that emitted nothing) and their log-probs."""
+    a slot that emitted nothing), their log-probs and the number of steps run."""
     model = _model(graphdef, params)
     slots = state.token.shape[0]
     out = jnp.full((slots, steps), -1, jnp.int32)
@@ -178,15 +185,21 @@ def decode(
         out_lp = out_lp.at[:, i].set(jnp.where(emit, logprob, 0.0))
         return i + 1, cache, s, out, out_lp
 
-    _, cache, state, out, out_lp = jax.lax.while_loop(
+    ran, cache, state, out, out_lp = jax.lax.while_loop(
         more, step, (jnp.int32(0), cache, state, out, out_lp)
     )
-    return cache, state, out, out_lp
+    return cache, state, out, out_lp, ran
 
 
-@functools.partial(jax.jit, static_argnames=("length",), donate_argnames=("layer",))
+@functools.partial(jax.jit, static_argnames=("length",))
 def resize(layer: Float[Array, "B K S H"], *, length: int) -> Float[Array, "B K S H"]:
     """One layer's cache with `length` slots per row, keeping the first min(S, length)."""
     keep = min(layer.shape[2], length)
     out = jnp.zeros((*layer.shape[:2], length, layer.shape[3]), layer.dtype)
     return out.at[:, :, :keep].set(layer[:, :, :keep])
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "sharding"))
+def zeros(shape: tuple[int, ...], dtype: Any, sharding: Any) -> Array:
+    """A zero array created directly with its sharding (never whole on one device first)."""
+    return jax.lax.with_sharding_constraint(jnp.zeros(shape, dtype), sharding)

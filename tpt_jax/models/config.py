@@ -93,7 +93,7 @@ class ModelConfig:
     sliding_window: int | None = None
     layer_types: tuple[LayerType, ...] = ()  # empty = every layer full attention
     qk_norm: bool = False
-    # token ids the tokenizer-free parts of the stack need (sampler stop tokens, padding)
+    # token ids the tokenizer-free parts of the stack need (engine stop tokens, padding)
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None

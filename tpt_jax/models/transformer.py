@@ -7,10 +7,12 @@ the HF name table in `tpt_jax.hf_io` is a rename plus a reshape.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
@@ -63,9 +65,20 @@ class SlotKV:
         return self.k[0].shape[2]
 
 
+def left_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int = 0) -> tuple[Any, Any]:
+    """Right-align each row in `width` columns: (tokens [B, width], valid [B, width]) NumPy."""
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    valid = np.zeros((len(rows), width), bool)
+    for i, r in enumerate(rows):
+        if len(r):
+            tokens[i, width - len(r) :] = r
+            valid[i, width - len(r) :] = True
+    return tokens, valid
+
+
 def positions_from_valid(valid: Bool[Array, "B T"]) -> Int[Array, "B T"]:
     """Per-row positions of left-padded tokens: 0 at each row's first real token (padding gets
-    0 too; the mask hides it). One rule for the forward pass, `logits()` and the sampler."""
+    0 too; the mask hides it). One rule for the forward pass and `logits()`."""
     return jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0).astype(jnp.int32)
 
 
