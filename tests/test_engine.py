@@ -226,3 +226,24 @@ def test_bad_requests(models, prompts, match):
     engine = Engine(models("llama_tied"), one_device())
     with pytest.raises(TptError, match=match):
         engine.generate(prompts, SamplingParams(max_new_tokens=4))
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_fused_prefill_attention_matches_the_reference(window, monkeypatch):
+    """The arguments handed to `jax.nn.dot_product_attention` (causal, per-row lengths, local
+    window, grouped KV heads) give the reference attention at every real position. On CPU the
+    call runs its XLA implementation; on a GPU the same call runs cuDNN."""
+    from tpt_jax.models import attention
+    from tpt_jax.models.attention import causal_attend, fused_implementation
+
+    rng = np.random.default_rng(7)
+    b, t, n, k, h = 3, 12, 4, 2, 16
+    q, key, value = (jnp.asarray(rng.standard_normal((b, t, m, h)), jnp.float32) for m in (n, k, k))
+    lengths = jnp.asarray([12, 5, 1], jnp.int32)
+    ref = causal_attend(q, key, value, lengths, window, 0.25, None, implementation="reference")
+    monkeypatch.setattr(attention, "attend", None)  # the fused call must not fall back
+    fused = causal_attend(q, key, value, lengths, window, 0.25, None, implementation="xla")
+    real = np.arange(t)[None, :] < np.asarray(lengths)[:, None]
+    np.testing.assert_allclose(np.asarray(fused)[real], np.asarray(ref)[real], atol=1e-5)
+    assert fused_implementation(jnp.bfloat16, None) is None  # CPU: no fused kernel
+    assert fused_implementation(jnp.bfloat16, 50.0) is None  # soft-capped: never cuDNN

@@ -96,6 +96,70 @@ class LayerCache:
         return attend(q, self.k, self.v, mask, scale, cap)
 
 
+def fused_implementation(dtype, cap: float | None) -> str | None:
+    """The fused kernel for this platform, if one applies: cuDNN flash attention on GPU for
+    16-bit inputs without a soft-cap (cuDNN has no tanh cap, so Gemma 2 stays on XLA)."""
+    if cap is None and jnp.dtype(dtype).itemsize == 2 and jax.devices()[0].platform == "gpu":
+        return "cudnn"
+    return None
+
+
+def causal_attend(
+    q: Float[Array, "B T N H"],
+    k: Float[Array, "B T K H"],
+    v: Float[Array, "B T K H"],
+    lengths: Int[Array, " B"],
+    window: int | None,
+    scale: float,
+    cap: float | None,
+    implementation: str | None = None,
+) -> Float[Array, "B T N H"]:
+    """Causal self-attention over right-padded rows (row b real in its first lengths[b]
+    positions, position = column): a prefill. `jax.nn.dot_product_attention` with
+    `implementation` ("cudnn", "xla"; default `fused_implementation`), else ("reference" or
+    no kernel) `attend`. Outputs at padded positions are unspecified."""
+    implementation = implementation or fused_implementation(q.dtype, cap)
+    if implementation not in (None, "reference") and cap is None:
+        try:
+            return jax.nn.dot_product_attention(
+                q,
+                k,
+                v,
+                scale=scale,
+                is_causal=True,
+                query_seq_lengths=lengths,
+                key_value_seq_lengths=lengths,
+                local_window_size=None if window is None else (window - 1, 0),
+                implementation=implementation,
+            )
+        except (NotImplementedError, ValueError, TypeError):  # shape the kernel refuses
+            pass  # (checked while tracing, so the fallback costs nothing at run time)
+    b, t = q.shape[:2]
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    mask = attention_mask(positions, positions, positions < lengths[:, None], window)
+    return attend(q, k, v, mask, scale, cap)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PrefillCache:
+    """Captures one layer's keys and values of a prefill (zero past each row's length, so
+    padding can never put a NaN into a decode slot) and attends causally over them."""
+
+    k: Float[Array, "B T K H"] | None
+    v: Float[Array, "B T K H"] | None
+    lengths: Int[Array, " B"]
+
+    def write(self, k: Float[Array, "B T K H"], v: Float[Array, "B T K H"]) -> PrefillCache:
+        real = (jnp.arange(k.shape[1])[None, :] < self.lengths[:, None])[:, :, None, None]
+        zero = lambda x: jnp.where(real, x, jnp.zeros((), x.dtype))  # noqa: E731
+        return dataclasses.replace(self, k=zero(k), v=zero(v))
+
+    def attend(self, q, positions, window, scale, cap) -> Float[Array, "B T N H"]:
+        del positions  # column = position
+        return causal_attend(q, self.k, self.v, self.lengths, window, scale, cap)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SlotCache:

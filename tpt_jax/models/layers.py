@@ -14,7 +14,13 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from tpt_jax.models.attention import LayerCache, SlotCache, attend, attention_mask
+from tpt_jax.models.attention import (
+    LayerCache,
+    PrefillCache,
+    SlotCache,
+    attend,
+    attention_mask,
+)
 from tpt_jax.models.config import ModelConfig, RopeScaling
 
 Initializer = jax.nn.initializers.Initializer
@@ -113,9 +119,9 @@ class Attention(nnx.Module):
         x: Float[Array, "B T D"],
         positions: Int[Array, "B T"],
         valid: Bool[Array, "B T"],
-        cache: LayerCache | SlotCache | None = None,
+        cache: LayerCache | PrefillCache | SlotCache | None = None,
         segments: Int[Array, "B T"] | None = None,
-    ) -> tuple[Float[Array, "B T D"], LayerCache | SlotCache | None]:
+    ) -> tuple[Float[Array, "B T D"], LayerCache | PrefillCache | SlotCache | None]:
         """Attention over the new tokens alone, or (with `cache`) over every cached token too.
 
         The cache writes this layer's new keys and values, then attends by position (a

@@ -16,7 +16,13 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from tpt_jax.models.attention import LayerCache, SlotCache, slot_visibility, softcap
+from tpt_jax.models.attention import (
+    LayerCache,
+    PrefillCache,
+    SlotCache,
+    slot_visibility,
+    softcap,
+)
 from tpt_jax.models.config import ModelConfig
 from tpt_jax.models.layers import MLP, Attention, RMSNorm, param
 
@@ -105,9 +111,9 @@ class Block(nnx.Module):
         x: Float[Array, "B T D"],
         positions: Int[Array, "B T"],
         valid: Bool[Array, "B T"],
-        cache: LayerCache | None = None,
+        cache: LayerCache | PrefillCache | SlotCache | None = None,
         segments: Int[Array, "B T"] | None = None,
-    ) -> tuple[Float[Array, "B T D"], LayerCache | None]:
+    ) -> tuple[Float[Array, "B T D"], LayerCache | PrefillCache | SlotCache | None]:
         attn, cache = self.self_attn(self.input_layernorm(x), positions, valid, cache, segments)
         if not self.post_norms:
             h = x + attn
@@ -195,15 +201,12 @@ class Transformer(nnx.Module):
     ) -> tuple[Float[Array, "B V"], tuple[Array, ...], tuple[Array, ...]]:
         """Right-padded prompts (row b's tokens in its first lengths[b] columns, position j in
         column j): the logits after each prompt's last token, and every layer's keys and values
-        [B, T, K, H], which the engine copies into its decode slots."""
+        [B, T, K, H] (zero past each prompt), which the engine copies into its decode slots.
+        Attention is fused where the platform has a kernel (`causal_attend`)."""
         b, t = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         valid = positions < lengths[:, None]
-        empty = KVCache.empty(self.config, b, t, self.embed_tokens[...].dtype)
-        layers = [
-            LayerCache(empty.k[i], empty.v[i], positions, valid, jnp.int32(0))
-            for i in range(len(self.layers))
-        ]
+        layers = [PrefillCache(None, None, lengths) for _ in self.layers]
         x, layers = self._blocks(self.embed(tokens), positions, valid, layers)
         last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)
         return self.unembed(last)[:, 0], tuple(c.k for c in layers), tuple(c.v for c in layers)
