@@ -242,14 +242,14 @@ class Engine:
         sampling = (jnp.float32(params.temperature), jnp.float32(params.top_p))
         state = jax.device_put(device.SlotState.empty(slots), self._row_sharding(slots))
         view = self._view(VIEW_QUANTUM, limit)
-        cache = self._empty_cache(slots, view)
+        cache = _Cache(self._empty_cache(slots, view), view)
         queue = deque(range(len(prompts)))  # prompts not yet prefilled
         staged: deque[_Prefilled] = deque()  # prefilled, with samples still to place
         active: dict[int, _Slot] = {}
         free = list(range(slots))
         waiting = len(prompts) * n  # samples not yet in a slot
         # What the run did: decode steps x slots against tokens made is slot utilization.
-        self.last_run = {"slots": slots, "limit": limit, "views": [view], "chunks": 0}
+        self.last_run = {"slots": slots, "limit": limit, "views": [cache.view], "chunks": 0}
         self.last_run |= {"prefills": 0, "steps": 0, "tokens": 0}
 
         while True:
@@ -271,9 +271,9 @@ class Engine:
                 if min(batch.next_sample) >= n:
                     staged.popleft()
                 logits, ks, vs = batch.arrays
-                cache, view = self._grow(cache, view, ks[0].shape[2], limit)
-                cache, state, first, first_lp = device.insert(
-                    cache, state, logits, ks, vs, batch.lengths, dst,
+                self._fit(cache, ks[0].shape[2], limit)
+                cache.kv, state, first, first_lp = device.insert(
+                    cache.kv, state, logits, ks, vs, batch.lengths, dst,
                     self._keys(params.seed, [keys_of[i] for i in batch.prompts], n),
                     self._limits(prompts, batch.prompts, params), *sampling, st=st,
                 )  # fmt: skip
@@ -282,10 +282,10 @@ class Engine:
                 return
             # 2. Grow the cache for the coming chunk, then decode on device.
             longest_live = max(len(prompts[s.prompt]) + len(s.tokens) for s in active.values())
-            cache, view = self._grow(cache, view, longest_live + steps + 1, limit)
+            self._fit(cache, longest_live + steps + 1, limit)
             min_free = min(waiting, max(n, slots // 8)) if waiting else slots + 1
-            cache, state, out, out_lp, ran = device.decode(
-                self.params, cache, state, *sampling, jnp.int32(min_free),
+            cache.kv, state, out, out_lp, ran = device.decode(
+                self.params, cache.kv, state, *sampling, jnp.int32(min_free),
                 graphdef=self.graphdef, steps=steps, st=st,
             )  # fmt: skip
             self.last_run["chunks"] += 1
@@ -319,7 +319,7 @@ class Engine:
             # 4. Shrink the cache when every live sample fits a bucket half the size or less.
             if active:
                 longest_live = max(len(prompts[s.prompt]) + len(s.tokens) for s in active.values())
-                cache, view = self._shrink(cache, view, longest_live + steps + 1, limit)
+                self._fit(cache, longest_live + steps + 1, limit, shrink=True)
 
     def _keys(self, seed: int, key_ids: list[int], n: int) -> jax.Array:
         ids = np.repeat(np.asarray(key_ids, np.uint32), n)
@@ -377,24 +377,25 @@ class Engine:
         make = lambda: device.zeros(shape, self.dtype, sharding)  # noqa: E731
         return SlotKV(tuple(make() for _ in range(layers)), tuple(make() for _ in range(layers)))
 
-    def _grow(self, cache: SlotKV, view: int, needed: int, limit: int) -> tuple[SlotKV, int]:
+    def _fit(self, cache: _Cache, needed: int, limit: int, shrink: bool = False) -> None:
+        """Resize the cache to the bucket that holds `needed` positions: always when it is too
+        short; with `shrink`, also when the bucket is half its length or less (a resize is a
+        copy, so not for every small gain)."""
         target = self._view(needed, limit)
-        return (cache, view) if target <= view else (self._resize(cache, target), target)
+        if target > cache.view or (shrink and target * 2 <= cache.view):
+            self.last_run["views"].append(target)
+            ks, vs = list(cache.kv.k), list(cache.kv.v)
+            cache.kv = None  # now each old layer dies as soon as its copy exists: the peak is
+            for i in range(len(ks)):  # one extra layer, not a second cache
+                ks[i] = device.resize(ks[i], length=target)
+                vs[i] = device.resize(vs[i], length=target)
+            cache.kv, cache.view = SlotKV(tuple(ks), tuple(vs)), target
 
-    def _shrink(self, cache: SlotKV, view: int, needed: int, limit: int) -> tuple[SlotKV, int]:
-        target = self._view(needed, limit)
-        if target * 2 > view:  # only halve or more: resizing is a copy
-            return cache, view
-        return self._resize(cache, target), target
 
-    def _resize(self, cache: SlotKV, view: int) -> SlotKV:
-        """The cache with `view` positions per slot, one layer at a time: each old layer is
-        released as soon as its copy exists (the caller's tuple is emptied), so the peak is
-        one extra layer, not a second cache."""
-        self.last_run["views"].append(view)
-        ks, vs = list(cache.k), list(cache.v)
-        del cache
-        for i in range(len(ks)):
-            ks[i] = device.resize(ks[i], length=view)
-            vs[i] = device.resize(vs[i], length=view)
-        return SlotKV(tuple(ks), tuple(vs))
+class _Cache:
+    """The run's cache, referenced from this one place so that a resize can release each old
+    layer as it goes."""
+
+    def __init__(self, kv: SlotKV, view: int):
+        self.kv: SlotKV | None = kv
+        self.view = view
