@@ -208,11 +208,12 @@ def decode_attend(
     b, _, n, h = q.shape
     kv = k.shape[1]
     qg = q.reshape(b, kv, n // kv, h).astype(k.dtype)
-    scores = jnp.einsum("BKSH,BKGH->BKSG", k, qg) * scale
+    batch = ((0, 1), (0, 1))  # (row, KV head) pairs: explicit, so XLA never transposes the cache
+    scores = jax.lax.dot_general(k, qg, (((3,), (3,)), batch)) * scale  # [B, K, S, G]
     scores = softcap(scores.astype(jnp.float32), cap)
-    scores = jnp.where(visible[:, None, :, None], scores, NEG)
+    scores = scores + jnp.where(visible, 0.0, NEG)[:, None, :, None]  # one [B, S] bias, added
     weights = jnp.exp(scores - jnp.max(scores, axis=2, keepdims=True))
-    out = jnp.einsum("BKSG,BKSH->BKGH", weights.astype(v.dtype), v)
+    out = jax.lax.dot_general(weights.astype(v.dtype), v, (((2,), (2,)), batch))  # [B, K, G, H]
     out = out / jnp.sum(weights, axis=2)[..., None].astype(out.dtype)
     return out.reshape(b, 1, n, h).astype(q.dtype)
 
