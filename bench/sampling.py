@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import tpt_jax
-from tpt_jax import plan
+from tpt_jax import memory
 from tpt_jax.engine import Engine, EngineOptions, SamplingParams
 from tpt_jax.hf_io import save_hf_dir
 from tpt_jax.models.config import preset
@@ -177,7 +177,7 @@ def roofline(handle, engine: Engine, rows: int, mean_filled: float, steps_per_s:
     if peak is None:
         return None
     weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(engine.params))
-    kv = rows * mean_filled * plan.kv_bytes_per_token(handle.config, engine.dtype)
+    kv = rows * mean_filled * memory.kv_bytes_per_token(handle.config, engine.dtype)
     return (weights + kv) * steps_per_s / peak
 
 

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 from hf_tiny import make_hf_model
 
-from tpt_jax import plan
+from tpt_jax import memory
 from tpt_jax.engine import Engine, EngineOptions, SamplingParams, sample_logits
 from tpt_jax.engine import slots as device
 from tpt_jax.engine.sampling import sample_keys
@@ -144,8 +144,8 @@ def test_memory_budget_sets_the_slot_count(models):
     model = models("llama_tied")
     cfg = model.config
     length = 256  # 12 prompt tokens + 200 new, rounded up to the cache quantum
-    per_slot = plan.engine_bytes_per_slot(cfg, length, jnp.float32)
-    fixed = plan.engine_fixed_bytes(cfg, 8192, length, jnp.float32)
+    per_slot = memory.engine_bytes_per_slot(cfg, length, jnp.float32)
+    fixed = memory.engine_fixed_bytes(cfg, 8192, length, jnp.float32)
     budget = fixed + 5 * per_slot + per_slot // 2
     engine = Engine(model, one_device(), options=EngineOptions(memory_budget=budget))
     assert engine.plan_slots(rows=64, length=length) == 5

@@ -29,6 +29,7 @@ LAYERS = {  # DESIGN.md's module map
     "tpt_jax.stats": 0,
     "tpt_jax.losses": 1,
     "tpt_jax.sharding": 1,
+    "tpt_jax.memory": 1,
     "tpt_jax.plan": 1,
     "tpt_jax.safetensors_io": 1,
     "tpt_jax.tokenizer": 1,

@@ -4,6 +4,7 @@ traceback; `--debug` shows the traceback for bug reports."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -136,10 +137,10 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "run":
         manifests = run.run()
     elif args.command == "eval" and args.round == 0:
-        run.preflight()
+        run.preflight(stage="eval")
         run.round(0)
     else:
-        run.preflight(model=False)
+        run.preflight(model=False, stage=args.command)
         run.stage(args.command, args.round)
         return
     rows = _report_rows(run_dir)
@@ -157,6 +158,94 @@ def _run(args: argparse.Namespace) -> None:
             f"run stopped: {manifests[-1]['reason']} (on_empty_round: stop); finished rounds: "
             f"{done}; set on_empty_round: carry to go on with the same model"
         )
+
+
+def _plan(args: argparse.Namespace) -> None:
+    """`tpt plan`: memory per device and stage, before anything is loaded."""
+    import json
+
+    from tpt_jax import plan
+    from tpt_jax.config import load_config
+
+    config = load_config(args.config, args.set or ())
+    model = plan.resolve_model(config.model.path, args.preset)
+    devices, notes = _plan_devices(config.model.mesh, args.device_kind, args.devices)
+    result = plan.make_plan(config, model, devices, notes=notes)
+    if args.json:
+        print(json.dumps({"config": args.config, **result.to_json()}, indent=2))
+    else:
+        print(_plan_table(result, args.config))
+
+
+def _plan_devices(mesh, kind: str | None, count: int | None):
+    """The devices to plan for: `kind` (default: this machine's), `count` of them (default:
+    model.mesh's product, else the local device count), on model.mesh when its product is the
+    count, else all on fsdp (and a note saying so)."""
+    import jax
+
+    from tpt_jax import plan
+    from tpt_jax.errors import TptError
+
+    if count is None:
+        count = math.prod(mesh) if mesh else jax.device_count()
+    notes = []
+    if mesh and math.prod(mesh) != count:
+        notes.append(f"model.mesh {list(mesh)} needs {math.prod(mesh)} devices; planned on")
+        mesh = None
+    mesh = tuple(mesh) if mesh else (1, count, 1)
+    if notes:
+        notes[0] += f" {list(mesh)}"
+    if kind is not None:
+        return plan.devices_of(kind, count, mesh), notes
+    local = plan.local_devices()
+    if local is None:
+        raise TptError("this machine's devices report no memory size; pass --device-kind")
+    return local.with_mesh(mesh), notes
+
+
+def _plan_table(result, source: str) -> str:
+    """A plan as GiB per device, part by part and stage by stage, and the verdict."""
+    from tpt_jax.plan import HEADROOM, GiB, param_count, shortfall
+
+    stages, model = list(result.stages.values()), result.model
+    assumed = f" ({model.assumed})" if model.assumed else ""
+    lines = [
+        f"tpt plan: {source} on {result.devices.describe()}",
+        f"model: {model.name}, {param_count(model.config) / 1e9:.2f}B parameters{assumed}",
+        f"prompts: assumed up to {result.prompt_tokens} tokens (think.max_prompt_tokens bounds "
+        "them)",
+        *(f"note: {note}" for note in result.notes),
+        "",
+    ]
+
+    def row(label: str, cells) -> str:
+        return f"{label:18s}" + "".join(f"{c:>10s}" for c in cells)
+
+    lines.append(row("GiB per device", [s.name for s in stages]))
+    for part in dict.fromkeys(p for s in stages for p in s.parts):  # first-seen order
+        cells = [f"{s.parts[part] / GiB:.2f}" if part in s.parts else "-" for s in stages]
+        lines.append(row(part.replace("_", " "), cells))
+    lines.append(row("total", [f"{s.bytes_per_device / GiB:.2f}" for s in stages]))
+    lines.append(row("usable", [f"{s.usable / GiB:.2f}" for s in stages]))
+    lines += [row("fits", ["yes" if s.fits else "NO" for s in stages]), ""]
+    lines += [f"{s.name}: {_stage_line(s)}" for s in stages]
+    lines.append(f"headroom: each stage leaves {HEADROOM:.0%} of what its weights leave free")
+    if result.fits:
+        return "\n".join([*lines, "fits: yes"])
+    lines += [f"fits: no; {s.name} {shortfall(s)}" for s in stages if not s.fits]
+    fix = result.suggestion.change if result.suggestion else "none found"
+    return "\n".join([*lines, f"smallest change that fits: {fix}"])
+
+
+def _stage_line(stage) -> str:
+    d = stage.details
+    if stage.name == "train":
+        return (
+            f"micro_batch {d['micro_batch']} x {d['max_len']} tokens "
+            f"({d['tokens_per_device']:,} per device), {d['compute_dtype']} compute, "
+            f"{d['master_dtype']} master weights"
+        )
+    return f"{d['slots']} decode slots x {d['cache_length']} positions, {d['dtype']}"
 
 
 def _report_rows(run_dir: str | Path) -> list[dict]:
@@ -259,6 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="print JSON instead of the table")
     rep.add_argument("--png", help="where to write the chart (default RUN_DIR/report.png)")
     rep.set_defaults(fn=_report)
+
+    pl = sub.add_parser("plan", help="memory per device and stage; whether the run fits")
+    pl.add_argument("config", help="run config YAML (see configs/)")
+    pl.add_argument("--devices", type=int, help="default: model.mesh's size, else local devices")
+    kinds = "cpu, h100, h200, v5e, v5p, v6e"
+    pl.add_argument("--device-kind", help=f"{kinds} (default: this machine's)")
+    pl.add_argument("--preset", help="the model's architecture, when its path does not tell")
+    pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
+    pl.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    pl.set_defaults(fn=_plan)
 
     i = sub.add_parser("info", help="architecture and parameter count of a model or preset")
     i.add_argument("model")

@@ -47,7 +47,7 @@ from typing import Any
 
 import jax
 
-from tpt_jax import checkpoint, faults
+from tpt_jax import checkpoint, faults, plan
 from tpt_jax.api import ModelHandle, load
 from tpt_jax.arithmetic import generate_problems
 from tpt_jax.config import RunConfig, config_hash, from_dict, to_dict
@@ -148,12 +148,15 @@ class Run:
         write_json(path, manifest)
         return manifest
 
-    def preflight(self, model: bool = True) -> None:
-        """Every check that needs no sampling, done before any: the data (both splits), the
-        prune budget against the THINK problems, and, while round 0 or round 1's THINK is still
-        to do, the base model, its tokenizer and every THINK prompt against
-        think.max_prompt_tokens and train.max_len. Writes nothing but the materialized base
-        model of a `preset:` run (which round 0 loads next anyway)."""
+    def preflight(self, model: bool = True, stage: str | None = None) -> None:
+        """Every check that needs no sampling, done before any: memory (`tpt plan` on these
+        devices, for `stage` alone when one is given), the data (both splits), the prune budget
+        against the THINK problems, and, while round 0 or round 1's THINK is still to do, the
+        base model, its tokenizer and every THINK prompt against think.max_prompt_tokens and
+        train.max_len. Writes nothing but the materialized base model of a `preset:` run (which
+        round 0 loads next anyway)."""
+        stages = plan.run_stages(self.config) if stage is None else (stage,)
+        plan.check_local(self.config, [s for s in stages if s != "prune"])
         self.problems("train")
         self.problems("test")
         think_pending = (

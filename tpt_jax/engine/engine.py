@@ -1,7 +1,7 @@
 """The generation engine: requests in, samples out, through a fixed set of decode slots.
 
 Every (prompt, sample) pair is a request. The engine owns `slots` decode slots (sized from a
-memory budget, see `tpt_jax.plan`) and keeps them full: when samples finish, the host prefills
+memory budget, see `tpt_jax.memory`) and keeps them full: when samples finish, the host prefills
 waiting prompts (one prefill per prompt, shared by its n samples) and inserts them into the
 free slots, then runs the next chunk of decode steps on device (continuous batching). Wall time
 follows the number of tokens generated, not rows x the longest sample.
@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from tpt_jax import plan
+from tpt_jax import memory
 from tpt_jax.engine import slots as device
 from tpt_jax.engine.sampling import Sample, SamplingParams, sample_keys
 from tpt_jax.errors import TptError
@@ -79,7 +79,7 @@ class EngineOptions:
     dtype: str = "auto"  # weights and KV while sampling: auto = bfloat16 on GPU/TPU, else as loaded
     slots: int | None = None  # decode slots; None: as many as the budget holds, up to max_slots
     max_slots: int | None = None  # cap when `slots` is None (None: 64 on CPU, 512 otherwise)
-    memory_budget: int | None = None  # bytes for KV and workspace (None: plan.default_budget)
+    memory_budget: int | None = None  # bytes for KV and workspace (None: memory.default_budget)
     decode_steps: int = 16  # decode steps per device call between host refills
     prefill_tokens: int = 8192  # prompt tokens (padded) per prefill call
 
@@ -142,12 +142,12 @@ class Engine:
         count, or what the memory budget holds (capped), never more than the rows need. A
         budget that cannot hold one slot is an error naming the numbers."""
         opts = self.options
-        cap = opts.slots or opts.max_slots or plan.default_max_slots(self.mesh)
+        cap = opts.slots or opts.max_slots or memory.default_max_slots(self.mesh)
         budget = opts.memory_budget
         if budget is None:
-            budget = plan.default_budget(self.mesh, self.config)
-        per_slot = plan.engine_bytes_per_slot(self.config, length, self.dtype)
-        fixed = plan.engine_fixed_bytes(self.config, opts.prefill_tokens, length, self.dtype)
+            budget = memory.default_budget(self.mesh, self.config)
+        per_slot = memory.engine_bytes_per_slot(self.config, length, self.dtype)
+        fixed = memory.engine_fixed_bytes(self.config, opts.prefill_tokens, length, self.dtype)
         fits = (budget - fixed) // per_slot
         if fits < 1:
             raise TptError(
@@ -162,8 +162,7 @@ class Engine:
                 f"{(fixed + opts.slots * per_slot) / 2**30:.2f} GiB, over the memory budget of "
                 f"{budget / 2**30:.2f} GiB; at most {int(fits)} fit"
             )
-        slots = min(cap, int(fits), pow2_at_least(rows))
-        return max(1, slots if slots < 8 else slots - slots % 8)
+        return memory.engine_slots(budget, fixed, per_slot, rows, cap)
 
     def _view(self, needed: int, limit: int) -> int:
         """The smallest cache length of the form 128 * 2^i or 192 * 2^i that holds `needed`

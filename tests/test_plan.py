@@ -1,0 +1,309 @@
+"""`tpt plan`: estimates against XLA's own byte counts, the CLI's table and JSON, known answers
+for the shipped configs, and `tpt run` refusing what cannot fit before loading any weights."""
+
+import collections
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from tpt_jax import memory, plan, train
+from tpt_jax.cli import main
+from tpt_jax.config import EngineConfig, RunConfig, ThinkConfig, TrainConfig, load_config
+from tpt_jax.data import Rows
+from tpt_jax.engine import Engine, EngineOptions, SamplingParams
+from tpt_jax.engine import slots as device
+from tpt_jax.errors import TptError
+from tpt_jax.models.config import PRESETS, preset
+from tpt_jax.models.transformer import SlotKV, abstract_model, init_model
+from tpt_jax.sharding import make_mesh
+
+ROOT = Path(__file__).parents[1]
+CONFIGS = ROOT / "configs"
+MiB = 2**20
+# A small body on SmolLM2-135M's real widths and vocabulary: compiles in seconds.
+SMALL = preset("smollm2-135m").replace(num_layers=4)
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err, *needles):
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("tpt: error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def sds(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def peak(analysis) -> int:
+    """What a compiled call adds beyond its arguments: its temporaries and the outputs that do
+    not reuse a donated argument's buffer."""
+    return (
+        analysis.temp_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
+    )
+
+
+# --- (a) estimates against XLA's buffer assignment on CPU ----------------------------------------
+
+
+def test_param_layout_is_the_models():
+    """memory.py lists every parameter's shape and logical axes without importing the model
+    (it sits below it); this keeps the two in step: tied and untied, Gemma 2's post-norms,
+    Gemma 3's QK-norm."""
+    for name in ("smollm2-tiny", "llama3.2-1b", "llama3.1-8b", "gemma2-2b", "gemma3-270m"):
+        cfg = PRESETS[name]
+        state = nnx.state(abstract_model(cfg), nnx.Param)
+        variables = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+        got = collections.Counter(
+            (tuple(v.shape), tuple(v.get_metadata()["logical_axes"])) for v in variables
+        )
+        want = collections.Counter()
+        for copies, shape, axes in memory.param_layout(cfg):
+            want[(shape, axes)] += copies
+        assert got == want, name
+
+
+def test_sampling_estimate_against_xla():
+    """THINK on one CPU device: the plan's weights + KV + engine workspace against the exact
+    weights and cache plus what XLA's buffer assignment gives the engine's compiled functions:
+    prefill outputs (they wait for free slots while decoding goes on) and the largest of the
+    decode, prefill and insert temporaries.
+
+    Tolerance +-30%. The plan comes out about 20% above XLA, on purpose: the engine sizes
+    prefill work at the full cache width (prompts are rarely that long), counts 4 float32
+    [slots, V] logits arrays where XLA keeps 3, and adds the extra layer of a cache resize on
+    top of the decode temporaries (they never coexist)."""
+    slots, prompt, new, prefill_tokens = 32, 128, 256, 2048
+    run = RunConfig(
+        engine=EngineConfig(slots=slots, prefill_tokens=prefill_tokens, dtype="float32"),
+        think=ThinkConfig(max_prompt_tokens=prompt, max_new_tokens=new),
+    )
+    stage = plan.sampling_stage("think", SMALL, run, plan.devices_of("cpu", 1), 1000, new)
+    length = stage.details["cache_length"]
+    assert (stage.details["slots"], length) == (slots, 384)
+
+    graphdef, params = nnx.split(abstract_model(SMALL, jnp.float32))
+    layer = sds(SlotKV.shape(SMALL, slots, length), jnp.float32)
+    cache = SlotKV((layer,) * SMALL.num_layers, (layer,) * SMALL.num_layers)
+    state = jax.eval_shape(lambda: device.SlotState.empty(slots))
+    st = device.Static.of(SamplingParams(), SMALL.eos_token_ids)
+    f32, rows = sds((), jnp.float32), prefill_tokens // prompt
+    decode = device.decode.lower(
+        params, cache, state, f32, f32, sds((), jnp.int32), graphdef=graphdef, steps=16, st=st
+    ).compile()
+    prompts = (params, sds((rows, prompt), jnp.int32), sds((rows,), jnp.int32))
+    prefill = device.prefill.lower(*prompts, graphdef=graphdef).compile()
+    logits, ks, vs = jax.eval_shape(
+        lambda *a: device.prefill(*a, graphdef=graphdef), *prompts
+    )  # fmt: skip
+    n = 8
+    insert = device.insert.lower(
+        cache, state, logits, ks, vs, sds((rows,), jnp.int32), sds((rows, n), jnp.int32),
+        sds((rows, n, 2), jnp.uint32), sds((rows,), jnp.int32), f32, f32, st=st,
+    ).compile()  # fmt: skip
+
+    weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    kv = 2 * SMALL.num_layers * layer.size * 4
+    work = max(peak(decode.memory_analysis()), prefill.memory_analysis().temp_size_in_bytes)
+    work = max(work, peak(insert.memory_analysis()))
+    measured = weights + kv + prefill.memory_analysis().output_size_in_bytes + work
+    assert stage.parts["weights"] == weights and stage.parts["kv_cache"] == kv
+    ratio = stage.bytes_per_device / measured
+    print(f"think: plan {stage.bytes_per_device / MiB:.1f} MiB, XLA {measured / MiB:.1f} MiB")
+    assert 0.7 <= ratio <= 1.3, (stage.parts, measured)
+
+
+@pytest.mark.parametrize(
+    "mesh, compute",
+    [((1, 1, 1), "float32"), ((1, 8, 1), "bfloat16"), ((1, 2, 4), "float32")],
+)
+def test_train_estimate_against_xla(mesh, compute):
+    """TRAIN per device against XLA's buffer assignment of train.py's compiled steps: the
+    larger of a micro-step (its arguments, temporaries and non-aliased outputs, plus the Adam
+    moments that stay alive beside it) and the apply-step.
+
+    Tolerance +-25%. The coefficients in plan.py were fitted on 63 shapes (llama and gemma,
+    tied and untied, float32 and bfloat16 compute and masters, 1 to 8 devices on every axis)
+    and land within -12%/+14% of XLA; at full size, Gemma-2-2B's step at 8 x 1600 tokens is
+    239.8 GiB planned against XLA's 239.5 GiB. What is left is XLA's scheduling: which
+    activation and gradient buffers happen to share memory."""
+    devices = jax.devices()[: math.prod(mesh)]
+    cfg = TrainConfig(micro_batch=8, global_batch=8, max_len=256, compute_dtype=compute)
+    graphdef, params = nnx.split(abstract_model(SMALL, jnp.float32), nnx.Param)
+    fns = train._Compiled(graphdef, params, make_mesh(mesh, devices), cfg, 10)
+    acc = jax.eval_shape(train._zero_acc, params)
+    opt = jax.eval_shape(train.make_optimizer(cfg, 10).init, params)
+    batch = {k: sds(a.shape, a.dtype) for k, a in Rows.empty(8, 256).arrays().items()}
+    micro = fns.micro.lower(params, acc, batch).compile().memory_analysis()
+    apply = fns.apply.lower(params, opt, acc).compile().memory_analysis()
+
+    stage = plan.train_stage(SMALL, RunConfig(train=cfg), plan.Devices("cpu", 8, 2**40, mesh))
+    moments = 2 * micro.output_size_in_bytes  # Adam's mu and nu: one accumulator's size each
+    measured = max(
+        micro.argument_size_in_bytes + peak(micro) + moments,
+        apply.argument_size_in_bytes + peak(apply),
+    )
+    ratio = stage.bytes_per_device / measured
+    print(f"train {mesh} {compute}: plan {stage.bytes_per_device / MiB:.1f} MiB, XLA "
+          f"{measured / MiB:.1f} MiB")  # fmt: skip
+    assert 0.75 <= ratio <= 1.25, (stage.parts, measured)
+
+
+def test_engine_slots_match_the_engine():
+    """memory.engine_slots is the engine's own rule (Engine.plan_slots), so plan and run agree;
+    0 slots is the engine's one-line error."""
+    cfg = PRESETS["smollm2-tiny"]
+    model = init_model(cfg, 0, jnp.float32)
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    for budget, rows, length in [(2**27, 100, 384), (2**27, 5, 256), (2**31, 999, 1024)]:
+        engine = Engine(model, mesh, options=EngineOptions(memory_budget=budget))
+        per_slot = memory.engine_bytes_per_slot(cfg, length, jnp.float32)
+        fixed = memory.engine_fixed_bytes(cfg, 8192, length, jnp.float32)
+        want = memory.engine_slots(budget, fixed, per_slot, rows, 64)
+        assert engine.plan_slots(rows, length) == want > 0
+    engine = Engine(model, mesh, options=EngineOptions(memory_budget=2**26))
+    assert memory.engine_slots(2**26, fixed, per_slot, 10, 64) == 0
+    with pytest.raises(TptError, match="holds no decode slot"):
+        engine.plan_slots(10, length)
+
+
+# --- (b) the command ----------------------------------------------------------------------------
+
+
+def test_plan_json_shape(capsys):
+    config = CONFIGS / "gemma2_2b_gsm8k.yaml"
+    code, out, _ = run_cli(
+        ["plan", config, "--device-kind", "h200", "--devices", "1", "--json"], capsys
+    )
+    assert code == 0
+    got = json.loads(out)
+    assert isinstance(got["fits"], bool)
+    for name in ("think", "eval", "train"):
+        stage = got["stages"][name]
+        assert isinstance(stage["bytes_per_device"], int) and stage["bytes_per_device"] > 0
+        assert sum(stage["parts"].values()) == stage["bytes_per_device"]
+    assert (got["device_kind"], got["devices"], got["mesh"]) == ("h200", 1, [1, 1, 1])
+    assert got["model"]["name"] == "gemma2-2b" and "assumed" in got["model"]["assumed"]
+    assert got["memory_per_device"] == int(139.8 * 2**30)
+
+
+def test_plan_table(capsys):
+    code, out, _ = run_cli(["plan", CONFIGS / "smoke.yaml", "--device-kind", "h100"], capsys)
+    assert code == 0
+    assert "GiB per device" in out and "kv cache" in out and "optimizer" in out
+    assert out.strip().endswith("fits: yes")
+
+
+# --- (d) known answers ---------------------------------------------------------------------------
+
+
+def plan_for(name: str, kind: str, count: int, *overrides: str) -> plan.Plan:
+    run = load_config(CONFIGS / name, overrides)
+    mesh = run.model.mesh if run.model.mesh and math.prod(run.model.mesh) == count else None
+    devices = plan.devices_of(kind, count, mesh)
+    return plan.make_plan(run, plan.resolve_model(run.model.path), devices)
+
+
+def test_known_answers():
+    # Gemma-2-2B samples on one H200 with the engine's full 512 slots. Its TRAIN step at
+    # micro_batch 8 x 1600 tokens does not fit: without rematerialization the step keeps 26
+    # layers of float32 [8, 8, 1600, 1600] attention scores (~64 GiB) and float32
+    # [8, 1600, 256000] logits (~49 GiB); XLA:CPU's own count for it is 239 GiB. Halving the
+    # micro-batch fits, the plan says so, and the shipped config does it (global batch still 8).
+    eight = plan_for("gemma2_2b_gsm8k.yaml", "h200", 1, "train.micro_batch=8")
+    assert eight.stages["think"].fits and eight.stages["think"].details["slots"] == 512
+    assert not eight.stages["train"].fits
+    assert eight.suggestion.overrides == {"train.micro_batch": 4}
+    assert plan_for("gemma2_2b_gsm8k.yaml", "h200", 1).fits
+    # 70B: 131 GiB of bf16 weights leave no room for one decode slot on one H200.
+    llama = plan_for("llama3_1_70b_gsm8k.yaml", "h200", 1)
+    assert not llama.fits and "holds 0 decode slots" in llama.stages["think"].problem
+    assert llama.suggestion.devices.count > 1
+    bigger = llama.suggestion.devices
+    mesh = f"model.mesh={list(bigger.mesh)}"
+    assert plan_for("llama3_1_70b_gsm8k.yaml", "h200", bigger.count, mesh).fits
+    assert plan_for("smollm2_135m_gsm8k.yaml", "h200", 1).fits
+    # 16 devices split a micro-batch of 4 rows nowhere: every chip computes all 4 rows.
+    small = plan_for("smollm2_135m_gsm8k.yaml", "v5e", 16)
+    assert small.stages["train"].details["tokens_per_device"] == 4 * 1600 and not small.fits
+
+
+def test_only_the_stages_a_run_executes_count():
+    """A rounds: 0 run only evaluates (its TRAIN would not fit one H200); a cross-model run
+    copies its traces and never samples THINK."""
+    eval_only = plan_for("../bench/configs/gemma2_2b_round0_eval.yaml", "h200", 1)
+    assert list(eval_only.stages) == ["eval"] and eval_only.fits
+    cross = plan_for("ablations/gemma2_2b_cross_model_9b.yaml", "h200", 1)
+    assert list(cross.stages) == ["eval", "train"]
+
+
+def test_fewer_slots_and_bf16_are_suggested_first():
+    run = RunConfig(
+        engine=EngineConfig(slots=512, memory_gb=1000),
+        task=dataclasses.replace(RunConfig().task, train_size=100),
+    )
+    model = plan.resolve_model("preset:llama3.1-8b")
+    got = plan.make_plan(run, model, plan.devices_of("h100", 1), stages=["think"])
+    assert not got.stages["think"].fits and "engine.slots" in got.suggestion.overrides
+    cpu = dataclasses.replace(run, engine=EngineConfig(dtype="float32"))
+    got = plan.make_plan(cpu, model, plan.devices_of("v6e", 1), stages=["think"])
+    assert got.suggestion.overrides == {"engine.dtype": "bfloat16"}
+
+
+def test_model_resolution(tmp_path):
+    assert plan.preset_for_name("Llama-3.1-70B-Instruct") == "llama3.1-70b"
+    assert plan.preset_for_name("gemma-2-27b-it") == "gemma2-27b"
+    assert plan.preset_for_name("gemma-2-2b-it") == "gemma2-2b"
+    assert plan.preset_for_name("SmolLM2-135M-Instruct.Q4_1.gguf") == "smollm2-135m"
+    assert plan.preset_for_name("mystery-7b") is None
+    assert plan.resolve_model("smollm2").name == "smollm2-135m"
+    assert plan.resolve_model("x", preset_name="gemma3-1b").config == PRESETS["gemma3-1b"]
+    (tmp_path / "config.json").write_text(json.dumps(PRESETS["gemma3-270m"].to_hf_config()))
+    got = plan.resolve_model(str(tmp_path))
+    assert got.config.num_layers == 18 and got.assumed is None
+
+
+# --- (c) tpt run refuses, before loading weights -------------------------------------------------
+
+
+def test_run_refuses_what_cannot_fit_before_loading(tmp_path, capsys):
+    config = tmp_path / "big.yaml"
+    config.write_text(f"base: {CONFIGS / 'smoke.yaml'}\nmodel:\n  path: preset:llama3.1-70b\n")
+    t0 = time.perf_counter()
+    code, _, err = run_cli(["run", config, "--run-dir", tmp_path / "run"], capsys)
+    line = one_line_error(code, err, "GiB per device", "GiB usable", "holds 0 decode slots")
+    assert time.perf_counter() - t0 < 10 and line.startswith("tpt: error: think on ")
+    assert not (tmp_path / "run" / "base_model").exists()  # the 70B preset never materialized
+    code, _, err = run_cli(["train", config, "--run-dir", tmp_path / "run", "--round", "1"], capsys)
+    one_line_error(code, err, "train on ", "needs", "no single change makes it fit")
+
+
+# --- (e) bad input -------------------------------------------------------------------------------
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    demo = CONFIGS / "demo.yaml"
+    code, _, err = run_cli(["plan", demo, "--device-kind", "a100"], capsys)
+    one_line_error(code, err, "unknown device kind 'a100'", "h200")
+    code, _, err = run_cli(["plan", demo, "--preset", "gpt5"], capsys)
+    one_line_error(code, err, "unknown preset 'gpt5'")
+    code, _, err = run_cli(["plan", demo, "--set", "model.path=checkpoints/mystery"], capsys)
+    one_line_error(code, err, "checkpoints/mystery", "--preset")
+    code, _, err = run_cli(["plan", demo, "--devices", "0", "--device-kind", "h100"], capsys)
+    one_line_error(code, err, "--devices")
+    with pytest.raises(TptError):
+        plan.devices_of("v5e", 4, (1, 2, 1))
