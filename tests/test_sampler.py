@@ -455,8 +455,9 @@ def test_sampled_batch_is_independent_of_padding_and_batch_size(tiny):
     assert moved[1] != ref[0]  # the key follows the index, not the content
 
 
-# 7. Compilations: shapes (slots, cache length, prompt bucket, n) and top_k / log-probs are all a
-# compiled program depends on; prompt contents, seeds, temperatures and top-p values are not.
+# 7. Compilations: shapes (slots, cache length, prompt bucket, n), top_k, log-probs and whether
+# top-p is below 1 are all a compiled program depends on; prompt contents, seeds, temperatures
+# and the top-p value are not.
 
 
 def test_no_recompilation_within_a_bucket(tiny):
@@ -470,11 +471,15 @@ def test_no_recompilation_within_a_bucket(tiny):
         return engine.compilations
 
     first = run([3, 10], 9)
-    # New contents and lengths within prompt bucket 16, two prompts; new seeds, temperatures
-    # (greedy included) and top-p values: nothing new to compile.
+    # New contents and lengths within prompt bucket 16, two prompts; new seeds and temperatures
+    # (greedy included): nothing new to compile.
     assert run([16, 1], 10, seed=5) == first
-    assert run([7, 8], 11, temperature=0.3, top_p=0.7) == first
     assert run([2, 2], 12, temperature=0.0) == first
+    # The first top-p below 1 compiles the nucleus code once; other top-p values reuse it.
+    nucleus = run([7, 8], 11, temperature=0.3, top_p=0.7)
+    assert nucleus > first
+    assert run([5, 9], 13, temperature=0.6, top_p=0.9) == nucleus
+    first = nucleus
     assert run([17, 4], 14) > first  # a new prompt bucket (32)
     again = run([30, 20], 15, seed=1)
     assert run([31, 2], 16, seed=2, temperature=0.5) == again  # still bucket 32

@@ -53,7 +53,10 @@ class Static:
 
     @staticmethod
     def of(params: SamplingParams, stop_ids: tuple[int, ...]) -> Static:
-        return Static(params.top_k, params.top_p < 1.0, params.logprobs, stop_ids)
+        # With top_k the nucleus cut runs inside the top-k candidates anyway, so top_p stays a
+        # traced value there: one compilation per top_k whatever top_p is.
+        nucleus = params.top_p < 1.0 or params.top_k > 0
+        return Static(params.top_k, nucleus, params.logprobs, stop_ids)
 
 
 def _model(graphdef: nnx.GraphDef, params: nnx.State) -> Any:
