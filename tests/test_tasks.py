@@ -61,13 +61,13 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
 
 def check_loaded(problems: list[Problem], split: str = "train") -> None:
     assert [p.id for p in problems] == [f"gsm8k/{split}/{i}" for i in range(3)]
-    assert [p.answer for p in problems] == ["72", "1080", "-3"]
+    assert [p.answer for p in problems] == ["72", "1,080", "-3"]
     assert problems[0].question == ROWS[0]["question"]
     assert problems[0].solution == (
         "Natalia sold 48/2 = 24 clips in May.\n"
         "Natalia sold 48+24 = 72 clips altogether in April and May.\n#### 72"
     )
-    assert problems[1].solution.endswith("$1080.\n#### 1080")
+    assert problems[1].solution.endswith("$1080.\n#### 1,080")
     for p in problems:
         assert p.level is None and "<<" not in p.solution and ">>" not in p.solution
         assert is_correct(p.solution, p.answer, "strict")
@@ -121,7 +121,7 @@ def test_real_gsm8k(split, count):
         assert p.solution.endswith(f"\n#### {p.answer}")
         assert is_correct(p.solution, p.answer, "strict")
     commas = [p for p, r in zip(problems, raw, strict=True) if "," in r["answer"].split("####")[-1]]
-    assert commas and all("," not in p.answer for p in commas)  # "1,080" -> "1080"
+    assert commas and all("," in p.answer for p in commas)  # "1,080" stays "1,080"
 
 
 def test_hf_source_offline(tmp_path, monkeypatch):
@@ -140,7 +140,7 @@ def test_hf_source_offline(tmp_path, monkeypatch):
     write_parquet(repo / "main" / "test-00000-of-00001.parquet", ROWS[1:])
     check_loaded(load_gsm8k(f"hf:{repo}", "train"))
     test = load_gsm8k(f"hf:{repo}", "test")
-    assert [(p.id, p.answer) for p in test] == [("gsm8k/test/0", "1080"), ("gsm8k/test/1", "-3")]
+    assert [(p.id, p.answer) for p in test] == [("gsm8k/test/0", "1,080"), ("gsm8k/test/1", "-3")]
     with pytest.raises(TptError) as e:
         load_gsm8k(f"hf:{repo}", "validation")
     assert str(e.value).startswith(f"hf:{repo}: cannot load split 'validation'")
@@ -266,7 +266,7 @@ def test_skip_mode_counts_and_keeps_stable_ids(tmp_path):
     assert kept.skipped == 3 and len(kept) == 3
     assert [r.split(": ")[0] for r in kept.skip_reasons] == [f"{path}:{i}" for i in (2, 4, 6)]
     assert [p.id for p in kept] == ["gsm8k/train/0", "gsm8k/train/2", "gsm8k/train/4"]
-    assert [p.answer for p in kept] == ["72", "1080", "-3"]
+    assert [p.answer for p in kept] == ["72", "1,080", "-3"]
     only_bad = write_jsonl(tmp_path / "bad.jsonl", [{}], raw_lines={1: b"{"})
     with pytest.raises(TptError, match=r"has no problems \(1 bad rows skipped\)"):
         load_gsm8k(only_bad, "train", on_bad_line="skip")

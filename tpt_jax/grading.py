@@ -1,30 +1,35 @@
-"""Grading of GSM8K-style answers, and the unbiased pass@k estimator.
+r"""Grading of GSM8K-style answers, and the unbiased pass@k estimator.
 
 Pure Python (no JAX): this module sits at layer 0 and can be imported anywhere.
 
 A model's output is graded against a reference answer string (see :func:`reference_answer`,
-which turns a GSM8K reference solution ``"... #### 1,080"`` into ``"1080"``). Before anything
+which takes it from a GSM8K reference solution as the data writes it: ``"... #### 1,080"`` gives
+``"1,080"``). Before anything
 else the text is cut at the first occurrence of any of the given ``stop_strings``; the rest of
 the text (all of it, however long) is what gets graded.
 
 Modes
 -----
+All three modes find the answer the same way, the authors' way: the FIRST match anywhere in the
+text of ``####\s*(-?[\d.,]+)`` (Python ``re.search``; ``\s`` includes newlines, and a ``####``
+with no number after it is passed over in favour of a later one). They differ in how they
+compare it with the reference.
+
 ``strict``
-    The paper's rule. The answer is the number right after the FIRST ``####`` (optional spaces
-    or tabs, then the regex ``-?[\\d.,]+``), returned verbatim. It is correct only if it equals
-    the reference string exactly, as strings: ``"#### 1,080"`` does not match ``"1080"`` and
-    ``"#### 72."`` does not match ``"72"``.
+    The authors' rule exactly. The captured string, stripped, must equal the reference string as
+    it stands after ``####`` in the data: ``"#### 1,080"`` matches the reference ``"1,080"`` but
+    not ``"1080"``, and ``"#### 72."`` does not match ``"72"``.
 ``normalized``
-    Same place (the first ``####``), but a currency sign (``$``, ``€``, ``£``, optionally after a
-    minus sign) may precede the number; thousands separators, a trailing period and trailing
-    zeros after the decimal point are ignored. Answer and reference are compared numerically and
-    exactly (:class:`decimal.Decimal`, no float tolerance). The extracted answer is returned in
-    canonical form (``"1080"``, ``"-5"``, ``"0.5"``).
+    The same search, except that a currency sign (``$``, ``€``, ``£``, optionally after a minus
+    sign) may precede the number. Answer and reference are compared as exact decimals
+    (:class:`decimal.Decimal`, no float tolerance) after dropping thousands separators, a
+    trailing period and trailing zeros after the decimal point. The extracted answer is returned
+    in canonical form (``"1080"``, ``"-5"``, ``"0.5"``).
 ``lenient``
-    ``normalized``, and only when the text contains no ``####`` at all, two fallbacks: the last
-    "the answer is N" (case-insensitive; ``:``, ``**`` and a currency sign are allowed around N),
-    then the last number anywhere in the text. A text that has a ``####`` without a number after
-    it (``"#### seventy-two"``) gets no answer: the model committed to that format and failed it.
+    ``normalized``, and only when that search finds nothing, two fallbacks: the last "the answer
+    is N" (case-insensitive; ``:``, ``**`` and a currency sign are allowed around N), then the last
+    number anywhere in the text. A text whose ``####`` has no number after it anywhere
+    (``"#### seventy-two"``) gets no answer: the model committed to that format and failed it.
 """
 
 from __future__ import annotations
@@ -47,8 +52,9 @@ __all__ = [
 MODES: tuple[str, ...] = ("strict", "normalized", "lenient")
 
 _MARKER = "####"
-_STRICT_RE = re.compile(r"####[ \t]*(-?[\d.,]+)")
-_NORMALIZED_RE = re.compile(r"####[ \t]*(?:(?P<neg>-)?[ \t]*[$€£][ \t]*)?(?P<num>-?[\d.,]+)")
+# The authors' pattern, searched (not matched) so that it may start anywhere.
+_STRICT_RE = re.compile(r"####\s*(-?[\d.,]+)")
+_NORMALIZED_RE = re.compile(r"####\s*(?:(?P<neg>-)?\s*[$€£]\s*)?(?P<num>-?[\d.,]+)")
 # A number as written in prose: optional minus (not part of a word or range like "5-3"),
 # integer part with or without well-formed thousands separators, optional decimals.
 _PROSE_NUMBER = r"(?:(?<![\w-])-)?(?<![\d.,])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
@@ -103,13 +109,9 @@ def _canonical(d: Decimal) -> str:
 
 def _numeric_answer(text: str, lenient: bool) -> Decimal | None:
     m = _NORMALIZED_RE.search(text)
-    if m is not None or _MARKER in text:
-        # Only the FIRST "####" counts; a "####" without a number after it is no answer.
-        first = text.find(_MARKER)
-        if m is None or m.start() != first:
-            return None
+    if m is not None:
         return _to_decimal(m["num"], negate=m["neg"] is not None)
-    if not lenient:
+    if not lenient or _MARKER in text:
         return None
     matches = list(_ANSWER_IS_RE.finditer(text))
     if matches:
@@ -130,11 +132,8 @@ def extract_answer(text: str, mode: str = "strict", stop_strings: Sequence[str] 
     _check_mode(mode)
     text = _cut_at_stop(text, stop_strings)
     if mode == "strict":
-        first = text.find(_MARKER)
-        if first == -1:
-            return None
-        m = _STRICT_RE.match(text, first)
-        return m.group(1) if m is not None else None
+        m = _STRICT_RE.search(text)
+        return m.group(1).strip() if m is not None else None
     value = _numeric_answer(text, lenient=mode == "lenient")
     return None if value is None else _canonical(value)
 
@@ -144,7 +143,8 @@ def is_correct(
 ) -> bool:
     """Whether ``text`` answers ``reference`` under ``mode``.
 
-    In ``strict`` mode the extracted number must equal ``reference.strip()`` as a string. In the
+    In ``strict`` mode the extracted number must equal ``reference.strip()`` as a string (keep
+    the reference as the data writes it, thousands separators included). In the
     other modes both are compared as exact decimals; a reference that is not a number is a
     ValueError (it is a data bug, not a wrong answer).
     """
@@ -164,10 +164,11 @@ def is_correct(
 
 
 def reference_answer(solution: str) -> str:
-    """The final answer of a GSM8K reference solution: the text after the last ``####``,
-    stripped, with thousands commas removed (``"... #### 1,080"`` -> ``"1080"``)."""
+    """The final answer of a GSM8K reference solution as the data writes it: the text after the
+    last ``####``, stripped (``"... #### 1,080"`` -> ``"1,080"``; strict grading compares with
+    this string, as the authors' scripts do)."""
     head, marker, tail = solution.rpartition(_MARKER)
-    answer = tail.strip().replace(",", "")
+    answer = tail.strip()
     if not marker or not answer:
         snippet = solution.strip().replace("\n", " ")
         if len(snippet) > 80:

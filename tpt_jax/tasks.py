@@ -17,9 +17,9 @@ GSM8K
 (``"hf"`` or ``"hf:OWNER/NAME"``, through ``datasets.load_dataset(NAME, "main", split=split)``;
 ``NAME`` may also be a local dataset directory). Ids are ``gsm8k/{split}/{i}`` with ``i`` the
 0-based row index in the source (a row's own ``id`` field, if it has one, is used instead of
-``i``). The reference answer is ``grading.reference_answer`` of the solution (``"1,080"`` ->
-``"1080"``) and the solution's last line is rewritten to ``#### <answer>`` so that the solution
-itself grades as correct under the strict mode.
+``i``). The reference answer is ``grading.reference_answer`` of the solution, as the data writes
+it (``"1,080"`` stays ``"1,080"``, as in the authors' scripts), and the solution's last line is
+rewritten to ``#### <answer>`` so that the solution itself grades as correct in every mode.
 
 Bad input raises :class:`~tpt_jax.errors.TptError` with one line naming the file and the line
 (``train.jsonl:17: not valid JSON``; Parquet and hub rows are named ``train.parquet: row 16``,
@@ -132,7 +132,8 @@ def strip_calculator(text: str) -> str:
 # --------------------------------------------------------------------------------------------
 # GSM8K loading
 
-_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
+# A reference answer: digits with well-formed thousands separators, or plain digits; decimals.
+_NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 _ON_BAD_LINE = ("fail", "skip")
 _HF_DEFAULT = "openai/gsm8k"
 
@@ -171,7 +172,7 @@ def _problem_from_row(row: Any, split: str, index: int) -> tuple[str, Problem]:
         fields[key] = value
     solution = strip_calculator(fields["answer"]).strip()
     _, marker, tail = solution.rpartition("####")
-    if marker and not tail.strip().replace(",", ""):
+    if marker and not tail.strip():
         raise _BadRow("reference answer after '####' is empty")
     try:
         answer = reference_answer(solution)
