@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tpt_jax.config import load_config
+from tpt_jax.errors import TptError
+from tpt_jax.round import Run
+
 ROOT = Path(__file__).parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
@@ -149,6 +153,48 @@ def test_budget_larger_than_the_data(tmp_path):
     proc = tpt("run", config(tmp_path, "prune:\n  train_budget: 25\n"), "--run-dir", tmp_path / "r")
     one_line_error(proc, "prune.train_budget: 25 is more than the 24 training examples", "12 THINK")
     assert not (tmp_path / "r" / "base_model").exists()  # before any model work
+
+
+def test_budget_that_leaves_no_validation_set(tmp_path):
+    """24 possible examples and a budget of 24: validation would be empty. Refused before any
+    model work, unless prune.on_empty_val is warn (or nothing needs a validation set)."""
+    cfg = config(tmp_path, "prune:\n  train_budget: 24\n")
+    proc = tpt("run", cfg, "--run-dir", tmp_path / "r")
+    one_line_error(
+        proc, "prune.train_budget 24 takes all (12 THINK problems", "no problem is left for "
+        "validation (train.select best_val)", "prune.on_empty_val: warn",
+    )  # fmt: skip
+    assert not (tmp_path / "r" / "base_model").exists()
+    for fine in ("prune.on_empty_val=warn", "train.select=last", "prune.val_budget=0"):
+        Run(load_config(cfg, [fine]), tmp_path / fine).preflight(model=False)  # no error
+
+
+@pytest.mark.parametrize("policy", ["fail", "warn"])
+def test_prune_that_finds_too_few_candidates_for_validation(tmp_path, policy):
+    """The 6k-ablation case: the budget is reachable on paper, but PRUNE finds fewer candidates
+    than it, so all go to training. fail: one-line error, THINK's traces kept; warn: recorded."""
+    (tmp_path / policy).mkdir()
+    cfg = load_config(
+        gsm8k(tmp_path / policy, extra=f"prune:\n  strategy: correct\n  on_empty_val: {policy}\n")
+    )
+    run = Run(cfg, tmp_path / policy / "run")
+    think = run.round_dir(1) / "think"
+    think.mkdir(parents=True)
+    traces = [  # two of the 12 problems solved: 2 candidates for a budget of 16
+        {"problem_id": f"gsm8k/train/{i}", "sample": 0, "text": f"#### {i + 2}", "n_tokens": 3}
+        for i in (0, 1)
+    ]
+    (think / "traces.jsonl").write_text("".join(json.dumps(t) + "\n" for t in traces))
+    prune_dir = run.round_dir(1) / "prune"
+    prune_dir.mkdir()
+    if policy == "fail":
+        with pytest.raises(TptError, match="round 1: the 2 candidates PRUNE found all fit "
+                           "prune.train_budget 16, so no problem is left for validation"):
+            run._prune(1, prune_dir)
+        assert (think / "traces.jsonl").exists() and not (prune_dir / "selected.jsonl").exists()
+    else:
+        stats = run._prune(1, prune_dir)
+        assert stats["val_empty"] is True and stats["kept_train"] == 2 and stats["kept_val"] == 0
 
 
 def test_max_len_shorter_than_a_prompt(tmp_path):

@@ -54,6 +54,13 @@ def test_yaml_and_overrides(tmp_path):
         ("rounds: 1\n", ["train.lr"], "expected key=value"),
         ("a: [1\n", [], "not valid YAML"),
         ("- 1\n", [], "a config must be a mapping"),
+        ("train: {lr: .nan}\n", [], "train.lr must be a finite number, got nan"),
+        ("think: {temperature: .inf}\n", [], "think.temperature must be a finite number"),
+        ("eval: {top_p: -.inf}\n", [], "eval.top_p must be a finite number"),
+        ("engine: {memory_gb: .nan}\n", [], "engine.memory_gb must be a finite number"),
+        ("eval: {n: 4, k: [1, 50]}\n", [], "eval.k [50] above eval.n 4"),
+        ("train: {select: best}\n", [], "best_val, best_val_or_start, last"),
+        ("prune: {on_empty_val: ignore}\n", [], "prune.on_empty_val must be one of fail, warn"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, text, overrides, message):
@@ -63,6 +70,12 @@ def test_bad_configs_name_the_key(tmp_path, text, overrides, message):
     assert message in str(info.value)
     where = "--set" if overrides else str(path)
     assert where in str(info.value) and "\n" not in str(info.value)
+
+
+def test_default_pass_at_k_follows_eval_n(tmp_path):
+    assert load_config(write(tmp_path, "task: {train_size: 5}\n")).eval.ks == (1, 5, 10, 20)
+    cfg = load_config(write(tmp_path, "task: {train_size: 5}\neval: {n: 6}\n"))
+    assert cfg.eval.k is None and cfg.eval.ks == (1, 5)
 
 
 def test_missing_file_and_arithmetic_needs_a_size(tmp_path):
@@ -80,18 +93,19 @@ def test_every_shipped_config_loads(path):
 def test_paper_configs_and_ablations_differ_only_where_they_say():
     base = load_config(CONFIGS / "gemma2_2b_gsm8k.yaml")
     assert (base.rounds, base.task.name, base.think.n, base.train.lr) == (4, "gsm8k", 8, 1e-6)
-    changed = {
-        "gemma2_2b_data_1k": ("prune", "train_budget", 1000),
-        "gemma2_2b_data_6k": ("prune", "train_budget", 6000),
-        "gemma2_2b_no_pruning": ("prune", "strategy", "none"),
-        "gemma2_2b_restart_from_base": ("train", "init", "base"),
-        "gemma2_2b_cross_model_9b": ("think", "traces_from", "runs/gemma2_9b_gsm8k"),
+    changed = {  # name: (section, the keys it changes)
+        "gemma2_2b_data_1k": ("prune", {"train_budget": 1000}),
+        "gemma2_2b_data_6k": ("prune", {"train_budget": 6000, "on_empty_val": "warn"}),
+        "gemma2_2b_no_pruning": ("prune", {"strategy": "none"}),
+        "gemma2_2b_restart_from_base": ("train", {"init": "base"}),
+        "gemma2_2b_cross_model_9b": ("think", {"traces_from": "runs/gemma2_9b_gsm8k"}),
     }
-    for name, (section, key, value) in changed.items():
+    for name, (section, keys) in changed.items():
         cfg = load_config(CONFIGS / "ablations" / f"{name}.yaml")
-        assert getattr(getattr(cfg, section), key) == value
         a, b = to_dict(cfg), to_dict(base)
-        a[section].pop(key), b[section].pop(key)
+        for key, value in keys.items():
+            assert getattr(getattr(cfg, section), key) == value
+            a[section].pop(key), b[section].pop(key)
         assert a == b, name
 
 

@@ -215,7 +215,7 @@ def test_training_memorises_and_selects_the_last_when_it_is_best(reference) -> N
 def test_best_validation_keeps_the_input_model_when_training_hurts(tmp_path: Path) -> None:
     # Validation asks for other completions of the training prompts: training only hurts it.
     val = [SFTExample(ex.prompt, tuple(63 - t for t in ex.completion)) for ex in EXAMPLES]
-    model, result = run(tmp_path, val=val)
+    model, result = run(tmp_path, dataclasses.replace(CFG, select="best_val_or_start"), val=val)
     assert result.best_step == 0 and result.steps == 10
     assert all(h["val_loss"] > result.best_val_loss for h in result.history[1:] if "val_loss" in h)
     want = params_of(init_model(LLAMA, seed=1))
@@ -225,6 +225,11 @@ def test_best_validation_keeps_the_input_model_when_training_hurts(tmp_path: Pat
     # The last model would have differed: select="last" returns it.
     last, _ = run(tmp_path / "last", dataclasses.replace(CFG, select="last"), val=val)
     assert not np.array_equal(params_of(last)[("embed_tokens",)], want[("embed_tokens",)])
+    # The authors' rule (the default) never picks the untrained model: the best of steps 4, 8, 10.
+    _, authors = run(tmp_path / "authors", val=val)
+    later = {h["step"]: h["val_loss"] for h in authors.history if "val_loss" in h and h["step"]}
+    assert authors.best_step == min(later, key=later.get) > 0
+    assert authors.best_val_loss == min(later.values())
 
 
 def test_resume_equals_an_uninterrupted_run_bit_for_bit(reference, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -124,10 +125,14 @@ class PruneConfig:
     max_tokens: int | None = None  # drop traces longer than this (None = no cap)
     train_budget: int = 2000  # D: training examples per round
     val_budget: int = 200  # V: up to this many more examples for validation loss
+    # No problem left over for validation (D took every candidate) while train.select needs it:
+    # fail (the default; THINK's traces are kept) or warn (recorded; TRAIN keeps the last step)
+    on_empty_val: str = "fail"
 
     def check(self) -> None:
         _choice("prune.strategy", self.strategy, ("correct", "none"))
         _choice("prune.grading", self.grading, ("strict", "normalized", "lenient"))
+        _choice("prune.on_empty_val", self.on_empty_val, ("fail", "warn"))
         _at_least("prune.max_per_problem", self.max_per_problem, 1)
         _at_least("prune.train_budget", self.train_budget, 1)
         _at_least("prune.val_budget", self.val_budget, 0)
@@ -151,7 +156,9 @@ class TrainConfig:
     pack: bool = True  # pack several examples per row (segment ids keep them apart)
     compute_dtype: str = "bfloat16"  # matmuls; master weights stay in model.dtype
     eval_every: int = 50  # steps between validation losses (and resumable train states)
-    select: str = "best_val"  # best_val (the recipe) or last
+    # best_val: lowest validation loss after step 0 (the authors' trainer never picks the
+    # untrained model); best_val_or_start: step 0 too (a harmful round returns its input); last
+    select: str = "best_val"
     init: str = "previous"  # previous round's model (TPT) or base (STaR / ReST-EM style)
     chat_format: bool = True  # False reproduces the authors' quirk: plain text, no end token
     on_nan: str = "stop"  # NaN/Inf loss or gradients: stop (last good state kept) or skip step
@@ -166,7 +173,7 @@ class TrainConfig:
             _at_least(f"train.{key}", getattr(self, key), 1)
         _at_least("train.max_len", self.max_len, 2)
         _choice("train.compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
-        _choice("train.select", self.select, ("best_val", "last"))
+        _choice("train.select", self.select, ("best_val", "best_val_or_start", "last"))
         _choice("train.init", self.init, ("previous", "base"))
         _choice("train.on_nan", self.on_nan, ("stop", "skip"))
 
@@ -177,9 +184,14 @@ class EvalConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     max_new_tokens: int = 1500
-    k: tuple[int, ...] = (1, 5, 10, 20)  # Pass@k reported for each k <= n
+    k: tuple[int, ...] | None = None  # Pass@k for each k (None: those of 1, 5, 10, 20 <= n)
     greedy: bool = True  # also one greedy answer per problem
     grading: str = "strict"
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        """The k of each Pass@k reported."""
+        return tuple(k for k in (1, 5, 10, 20) if k <= self.n) if self.k is None else self.k
 
     def check(self) -> None:
         _at_least("eval.n", self.n, 1)
@@ -188,8 +200,13 @@ class EvalConfig:
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"eval.top_p must be in (0, 1], got {self.top_p}")
         _choice("eval.grading", self.grading, ("strict", "normalized", "lenient"))
+        if self.k is None:
+            return
         if not self.k or min(self.k) < 1:
             raise ConfigError(f"eval.k must list values >= 1, got {list(self.k)}")
+        if max(self.k) > self.n:  # Pass@k needs k of the n samples
+            above = [k for k in self.k if k > self.n]
+            raise ConfigError(f"eval.k {above} above eval.n {self.n}: Pass@k needs k <= n")
 
 
 @dataclass(frozen=True)
@@ -406,6 +423,8 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
     }[hint]
     if not ok:
         raise ConfigError(f"{where}: {key} must be {hint.__name__}, got {value!r}")
+    if hint is float and not math.isfinite(value):  # YAML's .nan / .inf would pass every `>=`
+        raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
     return float(value) if hint is float else value
 
 

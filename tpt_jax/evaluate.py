@@ -66,7 +66,7 @@ def summarize(
         "pass_at_1": pass1,
         "pass_at_1_ci95": [low, high],
         "pass_at_k": {
-            str(k): mean_pass_at_k(counts, k) for k in config.k if counts and k <= config.n
+            str(k): mean_pass_at_k(counts, k) for k in config.ks if counts
         },
         # The same samples under every grading mode: how much of a change is answer format.
         "pass_at_1_by_mode": {

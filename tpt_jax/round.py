@@ -199,17 +199,23 @@ class Run:
 
     def _check_budget(self) -> None:
         """prune.train_budget must be reachable: at most min(max_per_problem, think.n) examples
-        come from each THINK problem."""
+        come from each THINK problem. A budget that takes every possible example leaves no
+        validation set: refused here, before THINK, unless prune.on_empty_val is warn."""
         cfg = self.config
         n = len(self._think_problems())
         each = min(cfg.prune.max_per_problem, cfg.think.n)
+        why = (
+            f"{n} THINK problems x at most {each} per problem: prune.max_per_problem "
+            f"{cfg.prune.max_per_problem}, think.n {cfg.think.n}"
+        )
         if cfg.prune.train_budget > n * each:
             raise TptError(
                 f"prune.train_budget: {cfg.prune.train_budget} is more than the {n * each} "
-                f"training examples pruning could ever keep ({n} THINK problems x at most {each} "
-                f"per problem: prune.max_per_problem {cfg.prune.max_per_problem}, think.n "
-                f"{cfg.think.n}); lower prune.train_budget or give THINK more problems"
+                f"training examples pruning could ever keep ({why}); lower prune.train_budget "
+                "or give THINK more problems"
             )
+        if cfg.prune.train_budget == n * each:
+            _empty_val_policy(cfg, f"prune.train_budget {cfg.prune.train_budget} takes all ({why})")
 
     def _check_prompts(self, prompts: EncodedPrompts) -> None:
         """Some THINK prompt must fit, and every one must leave train.max_len room for a
@@ -294,6 +300,15 @@ class Run:
         traces = read_traces(self.round_dir(r) / "think" / "traces.jsonl")
         answers = {p.id: p.answer for p in self.problems("train")}
         result = prune(traces, answers, self.config.prune, _seed(self.config.seed, "prune", r))
+        result.stats["val_empty"] = False
+        if result.train and not result.val:
+            candidates = result.stats["kept_train"]
+            budget = self.config.prune.train_budget
+            result.stats["val_empty"] = _empty_val_policy(
+                self.config,
+                f"round {r}: the {candidates} candidates PRUNE found all fit prune.train_budget "
+                f"{budget}",
+            )
         selected = [{**t, "split": "train"} for t in result.train]
         selected += [{**t, "split": "val"} for t in result.val]
         write_records(out / "selected.jsonl", selected)
@@ -571,6 +586,21 @@ def _check_mesh(shape: tuple[int, ...] | None) -> None:
 def _problems_sha256(problems: list[Problem]) -> str:
     rows = [(p.id, p.question, p.answer, p.solution) for p in problems]
     return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
+
+
+def _empty_val_policy(config: RunConfig, what: str) -> bool:
+    """An empty validation set where train.select needs one: a one-line error (prune.on_empty_val
+    fail) or a printed warning (warn). True when the set is empty and selection matters."""
+    if config.prune.val_budget == 0 or config.train.select == "last":
+        return False  # no validation set was asked for
+    if config.prune.on_empty_val == "fail":
+        raise TptError(
+            f"{what}, so no problem is left for validation (train.select "
+            f"{config.train.select}); lower prune.train_budget, or set prune.on_empty_val: warn "
+            "to train on them all and keep the last step"
+        )
+    _say(f"  warning: {what}: validation set empty, TRAIN keeps the last step")
+    return True
 
 
 def _seed(seed: int, stage: str, r: int = 0) -> int:

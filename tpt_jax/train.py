@@ -8,8 +8,10 @@ tokens and updates. Two jits rather than a `lax.scan` over microbatches: packing
 number of microbatches vary from step to step, and a scan would compile once per count; the
 micro-step sees one shape, [micro_batch, max_len], and compiles once.
 
-Validation loss is measured before training too (step 0), so a round whose training only makes
-the model worse returns the model it was given. The best model lives on disk (`work_dir/best`),
+Validation loss is measured before training too (step 0, logged). `train.select: best_val` (the
+default) picks among the steps after it, as the authors' trainer does (it evaluates every
+`eval_every` steps and never the untrained model); `best_val_or_start` may also pick step 0, so
+a round whose training only makes the model worse returns the model it was given. The best model lives on disk (`work_dir/best`),
 never as a second copy on device; `work_dir/state` holds the resumable train state.
 
 A step whose loss or gradient norm is NaN or infinite changes nothing: the apply-step keeps the
@@ -262,8 +264,8 @@ def train(
 
     `model` is consumed: its parameters are donated to training (use the returned model, whose
     parameters are sharded over `mesh` with TRAIN_RULES). The returned model is the one with the
-    lowest validation loss, step 0 included, when `cfg.select` is "best_val" and there is a
-    validation set, else the last. Examples longer than `cfg.max_len` are dropped and counted.
+    lowest validation loss when `cfg.select` is "best_val" (steps after 0) or
+    "best_val_or_start" (step 0 too) and there is a validation set, else the last. Examples longer than `cfg.max_len` are dropped and counted.
     `log` receives a dict every step and at every validation. Called again with the same
     `work_dir`, arguments and data, it resumes from the last saved train state (saved every
     `cfg.eval_every` steps and at the end) and returns what an uninterrupted run returns.
@@ -290,7 +292,8 @@ def train(
     graphdef, params = nnx.split(model, nnx.Param)
     fns = _compiled(graphdef, params, mesh, cfg, total)
     val_batches = eval_batches(val_set, cfg)
-    keep_best = cfg.select == "best_val" and bool(val_batches)
+    keep_best = cfg.select in ("best_val", "best_val_or_start") and bool(val_batches)
+    start_selectable = cfg.select == "best_val_or_start"
     run_id = _fingerprint(cfg, seed, train_set, val_set)
 
     meta = checkpoint.read_train_state_meta(state_dir)
@@ -314,7 +317,8 @@ def train(
 
     def validate(step: int) -> None:
         loss = fns.val_loss(params, val_batches)
-        if meta["best_val_loss"] is None or loss < meta["best_val_loss"]:
+        selectable = step > 0 or start_selectable
+        if selectable and (meta["best_val_loss"] is None or loss < meta["best_val_loss"]):
             if keep_best:
                 checkpoint.save_checkpoint(nnx.merge(graphdef, params), best_dir)
             meta.update(best_step=step, best_val_loss=loss)
