@@ -188,8 +188,11 @@ def test_prune_that_finds_too_few_candidates_for_validation(tmp_path, policy):
     prune_dir = run.round_dir(1) / "prune"
     prune_dir.mkdir()
     if policy == "fail":
-        with pytest.raises(TptError, match="round 1: the 2 candidates PRUNE found all fit "
-                           "prune.train_budget 16, so no problem is left for validation"):
+        with pytest.raises(
+            TptError,
+            match="round 1: the 2 candidates PRUNE found all fit "
+            "prune.train_budget 16, so no problem is left for validation",
+        ):
             run._prune(1, prune_dir)
         assert (think / "traces.jsonl").exists() and not (prune_dir / "selected.jsonl").exists()
     else:

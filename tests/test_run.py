@@ -3,6 +3,7 @@ report, refusal of a changed config, and resume after `kill -9` during THINK and
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,26 @@ def test_rerun_changes_nothing_and_other_config_is_refused(finished):
     assert proc.returncode == 2
     assert "different config (think.n: 2 then, 3 now)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_force_redoes_only_what_a_changed_key_reaches(finished, tmp_path):
+    """--force with a new THINK temperature: round 0's evaluation is kept as it was, every
+    stage from round 1's THINK on is discarded and redone."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    kept = {p: p.read_bytes() for p in (run_dir / "round_0").rglob("*") if p.is_file()}
+    proc = tpt("run", str(SMOKE), "--run-dir", str(run_dir), "--force",
+               "--set", "think.temperature=0.5")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "discarding round 1 think, round 1 prune, round 1 train, round 1 eval, round 2 " in (
+        proc.stderr
+    )
+    assert {p: p.read_bytes() for p in kept} == kept
+    old = (finished / "round_1" / "think" / "traces.jsonl").read_text()
+    assert (run_dir / "round_1" / "think" / "traces.jsonl").read_text() != old
+    inputs = json.loads((run_dir / "round_1" / "think" / "INPUTS.json").read_text())
+    assert inputs["think"]["temperature"] == 0.5
+    assert (run_dir / "round_2" / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("point", ["think.chunk:4", "train.step:3"])

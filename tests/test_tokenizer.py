@@ -2,6 +2,7 @@
 ids, chat templates, decoding, and a save_pretrained round trip through AutoTokenizer."""
 
 import unicodedata
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,23 @@ def test_template_globals_like_transformers(smollm2) -> None:
     )
     with pytest.raises(Exception, match="empty chat"):
         tok.apply_chat_template([])
+
+
+def test_template_time_fixes_the_date_a_template_prints(smollm2) -> None:
+    """Llama 3.x prints `strftime_now("%d %b %Y")` into its system turn: a run fixes that clock,
+    so its prompts do not change at midnight."""
+    ours, _ = smollm2
+    template = "{{ strftime_now('%d %b %Y') }}|{% for m in messages %}{{ m.content }}{% endfor %}"
+    tok = Tokenizer(ours.backend, chat_template=template)
+    today = datetime.now().strftime("%d %b %Y")
+    assert tok.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False) in (
+        f"{today}|q",
+        f"{datetime.now().strftime('%d %b %Y')}|q",  # midnight passed while rendering
+    )
+    tok.template_time = datetime(2024, 7, 26, 23, 59)
+    assert tok.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False) == (
+        "26 Jul 2024|q"
+    )
 
 
 # --- Gemma 3 270M -------------------------------------------------------------------------------

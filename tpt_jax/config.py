@@ -70,6 +70,10 @@ class TaskConfig:
     train_size: int | None = None  # arithmetic: problems generated; gsm8k: first N (None = all)
     test_size: int | None = None  # evaluation problems (None = the whole test split)
     prompt: str = "chat"  # chat (the model's chat template) or plain (base models)
+    # The text before each question (None: tasks.INSTRUCTION, the recipe's). Inline text, or
+    # `file:PATH` (relative to the config file that names it), read when the config loads: the
+    # run's config.json holds the text itself.
+    instruction: str | None = None
     few_shot: int = 0  # worked train examples before the question (earlier turns in chat)
     on_bad_line: str = "fail"  # fail or skip (skipped lines are counted)
     on_long_prompt: str = "skip"  # a prompt with no room in the context: skip (counted) or fail
@@ -80,6 +84,8 @@ class TaskConfig:
         _choice("task.on_bad_line", self.on_bad_line, ("fail", "skip"))
         _choice("task.on_long_prompt", self.on_long_prompt, ("skip", "fail"))
         _at_least("task.few_shot", self.few_shot, 0)
+        if self.instruction is not None and not self.instruction.strip():
+            raise ConfigError("task.instruction is empty; leave it unset for the built-in one")
         for key in ("train_size", "test_size"):
             if getattr(self, key) is not None:
                 _at_least(f"task.{key}", getattr(self, key), 1)
@@ -274,6 +280,8 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             parsed = value
+        if key.strip() == "task.instruction":  # text, not YAML: " #" would start a comment
+            parsed = _read_instruction(value, Path.cwd(), f"--set {item}")
         _set_dotted(raw, key.strip().split("."), parsed, f"--set {item}")
     config = _build(RunConfig, raw, "", where)
     try:
@@ -308,6 +316,9 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(raw).__name__}")
+    task = raw.get("task")
+    if isinstance(task, dict) and isinstance(task.get("instruction"), str):
+        task["instruction"] = _read_instruction(task["instruction"], path.parent, str(path))
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -316,6 +327,18 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     merged = _read_yaml(path.parent / base, (*chain, path.resolve()))
     _merge(merged, raw)
     return merged
+
+
+def _read_instruction(value: str, folder: Path, where: str) -> str:
+    """`file:PATH` (relative to `folder`) as the file's text; any other string as it is."""
+    if not value.startswith("file:"):
+        return value
+    path = folder / value.removeprefix("file:").strip()
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise ConfigError(f"{where}: task.instruction: cannot read {path} ({reason})") from None
 
 
 class _DuplicateKey(Exception):

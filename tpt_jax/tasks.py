@@ -96,24 +96,30 @@ INSTRUCTION = (
 )
 
 
-def chat_messages(question: str, shots: Sequence[Problem] = ()) -> list[dict[str, str]]:
-    """The recipe's zero-shot prompt: one user turn, :data:`INSTRUCTION`, a blank line, then
-    the question. With `shots`, each worked example comes first as an earlier user turn and
-    its reference solution (annotations removed) as the assistant's reply, so the model sees
-    the answer format in its own chat format and still ends its turn with the end token."""
+def chat_messages(
+    question: str, shots: Sequence[Problem] = (), instruction: str | None = None
+) -> list[dict[str, str]]:
+    """The recipe's zero-shot prompt: one user turn, the instruction (:data:`INSTRUCTION` unless
+    `instruction` is given), a blank line, then the question. With `shots`, each worked example
+    comes first as an earlier user turn and its reference solution (annotations removed) as the
+    assistant's reply, so the model sees the answer format in its own chat format and still ends
+    its turn with the end token."""
+    head = INSTRUCTION if instruction is None else instruction
     messages = []
     for shot in shots:
-        messages.append({"role": "user", "content": f"{INSTRUCTION}\n\n{shot.question.strip()}"})
+        messages.append({"role": "user", "content": f"{head}\n\n{shot.question.strip()}"})
         messages.append({"role": "assistant", "content": strip_calculator(shot.solution).strip()})
-    messages.append({"role": "user", "content": f"{INSTRUCTION}\n\n{question.strip()}"})
+    messages.append({"role": "user", "content": f"{head}\n\n{question.strip()}"})
     return messages
 
 
-def plain_prompt(question: str, shots: Sequence[Problem] = ()) -> str:
-    """A plain-text prompt for base models without a chat template: :data:`INSTRUCTION`, then
-    ``"Question: ...\\nAnswer: <solution>\\n\\n"`` per shot (annotations removed), then the
-    question and ``"Answer:"``."""
-    parts = [INSTRUCTION, "\n\n"]
+def plain_prompt(
+    question: str, shots: Sequence[Problem] = (), instruction: str | None = None
+) -> str:
+    """A plain-text prompt for base models without a chat template: the instruction
+    (:data:`INSTRUCTION` unless given), then ``"Question: ...\\nAnswer: <solution>\\n\\n"``
+    per shot (annotations removed), then the question and ``"Answer:"``."""
+    parts = [INSTRUCTION if instruction is None else instruction, "\n\n"]
     for shot in shots:
         solution = strip_calculator(shot.solution).strip()
         parts.append(f"Question: {shot.question.strip()}\nAnswer: {solution}\n\n")

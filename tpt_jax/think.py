@@ -40,8 +40,8 @@ class EncodedPrompts:
 def prompt_for(problem: Problem, task: TaskConfig, shots: Sequence[Problem] = ()) -> Any:
     """The chat message list (chat prompts) or text (plain prompts) for one problem."""
     if task.prompt == "chat":
-        return chat_messages(problem.question, shots)
-    return plain_prompt(problem.question, shots)
+        return chat_messages(problem.question, shots, task.instruction)
+    return plain_prompt(problem.question, shots, task.instruction)
 
 
 def encode_prompts(

@@ -52,6 +52,9 @@ class Tokenizer:
             if tok is not None and backend.token_to_id(tok) is not None
         }
         self.chat_template = chat_template
+        # What a template's `strftime_now` reads (Llama 3.x writes today's date into the system
+        # turn). None: the wall clock, as transformers; a run fixes it so its prompts never change.
+        self.template_time: datetime | None = None
 
     # --- ids -----------------------------------------------------------------------------------
 
@@ -113,7 +116,10 @@ class Tokenizer:
             )
         # As transformers: tools / documents are None (not undefined, which `is not none` passes),
         # then the named special tokens, and explicit kwargs win.
-        context = {"tools": None, "documents": None, **self.special_tokens, **template_kwargs}
+        context = {"tools": None, "documents": None, **self.special_tokens}
+        if self.template_time is not None:
+            context["strftime_now"] = self.template_time.strftime  # shadows the global clock
+        context.update(template_kwargs)
         text = _compile(self.chat_template).render(
             messages=[dict(m) for m in messages],
             add_generation_prompt=add_generation_prompt,

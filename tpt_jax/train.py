@@ -11,8 +11,9 @@ micro-step sees one shape, [micro_batch, max_len], and compiles once.
 Validation loss is measured before training too (step 0, logged). `train.select: best_val` (the
 default) picks among the steps after it, as the authors' trainer does (it evaluates every
 `eval_every` steps and never the untrained model); `best_val_or_start` may also pick step 0, so
-a round whose training only makes the model worse returns the model it was given. The best model lives on disk (`work_dir/best`),
-never as a second copy on device; `work_dir/state` holds the resumable train state.
+a round whose training only makes the model worse returns the model it was given. The best
+model lives on disk (`work_dir/best`), never as a second copy on device; `work_dir/state` holds
+the resumable train state.
 
 A step whose loss or gradient norm is NaN or infinite changes nothing: the apply-step keeps the
 parameters and optimizer state it was given (a select inside the one compiled program: no host
@@ -265,7 +266,8 @@ def train(
     `model` is consumed: its parameters are donated to training (use the returned model, whose
     parameters are sharded over `mesh` with TRAIN_RULES). The returned model is the one with the
     lowest validation loss when `cfg.select` is "best_val" (steps after 0) or
-    "best_val_or_start" (step 0 too) and there is a validation set, else the last. Examples longer than `cfg.max_len` are dropped and counted.
+    "best_val_or_start" (step 0 too) and there is a validation set, else the last. Examples
+    longer than `cfg.max_len` are dropped and counted.
     `log` receives a dict every step and at every validation. Called again with the same
     `work_dir`, arguments and data, it resumes from the last saved train state (saved every
     `cfg.eval_every` steps and at the end) and returns what an uninterrupted run returns.
