@@ -1,6 +1,7 @@
-"""EVAL numbers: Pass@1 with its interval, Pass@k, greedy accuracy, failure rates; the report
-table, JSON rows and chart; metrics files."""
+"""EVAL numbers: Pass@1 with its interval, Pass@k, greedy accuracy, failure rates, the prior
+baseline; the report table, JSON rows, by-answer breakdown and chart; metrics files."""
 
+import importlib.util
 import io
 import json
 import math
@@ -8,10 +9,11 @@ from itertools import combinations
 
 import pytest
 
+from tpt_jax.cli import main
 from tpt_jax.config import EvalConfig
-from tpt_jax.evaluate import summarize
+from tpt_jax.evaluate import prior_answer, summarize
 from tpt_jax.metrics import MetricsWriter, Progress, format_seconds
-from tpt_jax.report import plot, rounds, table
+from tpt_jax.report import by_answer, by_answer_table, plot, rounds, table
 from tpt_jax.stats import mean_ci, paired_difference, wilson
 
 ANSWERS = {"a": "4", "b": "10", "c": "3"}
@@ -55,6 +57,48 @@ def test_summary_numbers():
     )
     assert s["per_problem_accuracy"] == {"a": 0.5, "b": 0.25, "c": 0.0}
     assert "8" not in normalized["pass_at_k"]  # only k <= n are reported
+
+
+# 8 test problems, 3 of them ("p1", "p4", "p6") with the most common train answer "12".
+TEST_ANSWERS = {
+    "p1": "12", "p2": "5", "p3": "1,080", "p4": "12", "p5": "7", "p6": "12", "p7": "3", "p8": "5",
+}  # fmt: skip
+TRAIN_ANSWERS = ["12", "5", "12", "3", "12", "7", "5", "1,080"]
+
+
+def test_prior_baseline_exact():
+    sampled = [rec(pid, f"#### {a}" if pid in ("p1", "p2") else "#### 0") for pid, a in
+               TEST_ANSWERS.items()]  # fmt: skip
+    s = summarize(sampled, [], TEST_ANSWERS, EvalConfig(n=1), train_answers=TRAIN_ANSWERS)
+    prior = s["prior_baseline"]
+    assert prior["answer"] == "12" and prior["train_count"] == 3 and prior["train_problems"] == 8
+    assert prior["pass_at_1"] == 0.375 and prior["correct"] == 3 and prior["problems"] == 8
+    # The interval is Pass@1's: over per-problem outcomes (here 0/1), problems as the unit.
+    assert prior["pass_at_1_ci95"] == pytest.approx(list(mean_ci([1, 0, 0, 1, 0, 1, 0, 0])[1:]))
+    assert s["pass_at_1"] == 0.25  # the model itself: 2 of 8
+    assert s["reference_answers"] == TEST_ANSWERS
+    # Without train answers (an evaluation outside a run) there is no baseline to report.
+    assert "prior_baseline" not in summarize(sampled, [], TEST_ANSWERS, EvalConfig(n=1))
+
+
+def test_prior_answer_ties_and_grading_mode():
+    # A tie goes to the smaller number, whatever order the data has; non-numbers come last.
+    assert prior_answer(["9", "10", "10", "9", "x", "x"], "strict") == ("9", 2)
+    assert prior_answer(["x", "x", "10", "10", "-3", "-3"], "strict") == ("-3", 2)
+    assert prior_answer([], "strict") is None
+    # Strict grading tells "1,080" from "1080"; the other modes count them as one answer, and
+    # the baseline is graded in the evaluation's mode: "#### 1080" is right for "1,080" there.
+    train = ["1,080", "1,080", "1080", "1080", "7", "7", "7"]
+    assert prior_answer(train, "strict") == ("7", 3)
+    assert prior_answer(train, "normalized") == ("1080", 4)
+    test = {"a": "1,080", "b": "1080", "c": "7"}
+    sampled = [rec(pid, "#### 0") for pid in test]
+    strict = summarize(sampled, [], test, EvalConfig(n=1), train_answers=train)
+    normal = summarize(
+        sampled, [], test, EvalConfig(n=1, grading="normalized"), train_answers=train
+    )
+    assert strict["prior_baseline"]["pass_at_1"] == pytest.approx(1 / 3)
+    assert normal["prior_baseline"]["pass_at_1"] == pytest.approx(2 / 3)
 
 
 def test_intervals():
@@ -103,6 +147,118 @@ def test_report_rows_table_and_chart(tmp_path):
     assert "20.0 [15.0, 25.0]" in text and "35.0 [30.0, 40.0]" in text and "Pass@4 %" in text
     png = plot(rows, tmp_path / "chart.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def write_eval(run, r, accuracy, prior=True):
+    """A round manifest holding what EVAL writes for the 8 problems of TEST_ANSWERS."""
+    d = run / f"round_{r}"
+    d.mkdir(parents=True)
+    pass1 = sum(accuracy.values()) / len(accuracy)
+    ev = {
+        "pass_at_1": pass1,
+        "pass_at_1_ci95": [max(0.0, pass1 - 0.1), min(1.0, pass1 + 0.1)],
+        "pass_at_k": {"1": pass1},
+        "extraction_failure_rate": 0.0,
+        "problems": len(accuracy),
+        "grading": "strict",
+        "per_problem_accuracy": accuracy,
+    }
+    if prior:  # what EVAL writes since it measures the prior baseline
+        ev["reference_answers"] = TEST_ANSWERS
+        ev["prior_baseline"] = {
+            "answer": "12",
+            "train_count": 3,
+            "train_problems": 8,
+            "problems": 8,
+            "correct": 3,
+            "pass_at_1": 0.375,
+            "pass_at_1_ci95": [0.0369, 0.7131],
+        }
+    (d / "manifest.json").write_text(json.dumps({"round": r, "eval": ev}))
+
+
+BASE = dict.fromkeys(TEST_ANSWERS, 0.0) | {"p2": 0.5, "p3": 1.0}
+# Round 1 gains only on the problems whose answer is "12": the prior answer.
+ROUND_1 = BASE | {"p1": 1.0, "p4": 1.0, "p6": 0.5}
+
+
+def column(text: str, header: str) -> list[str]:
+    """The cells under `header` in a fixed-width table (spans from the dashed line)."""
+    lines = text.splitlines()
+    spans, pos = [], 0
+    for dashes in lines[1].split("  "):
+        spans.append((pos, pos + len(dashes)))
+        pos += len(dashes) + 2
+    a, b = spans[[lines[0][a:b].strip() for a, b in spans].index(header)]
+    return [line[a:b].strip() for line in lines[2:]]
+
+
+def test_report_prior_baseline_column_and_old_manifests(tmp_path):
+    write_eval(tmp_path, 0, BASE, prior=False)  # written before EVAL measured the baseline
+    write_eval(tmp_path, 1, ROUND_1)
+    rows = rounds(tmp_path)
+    assert rows[0]["prior_baseline"] is None
+    assert rows[1]["prior_baseline"]["answer"] == "12"
+    assert rows[1]["prior_baseline"]["pass_at_1"] == 0.375
+    assert column(table(rows), "prior % (answer)") == ["-", "37.5 (12)"]
+    assert column(table(rows), "round") == ["0", "1"]
+    if importlib.util.find_spec("matplotlib"):  # a segment over round 1 only: drawn, no error
+        assert plot(rows, tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_by_answer(tmp_path):
+    write_eval(tmp_path, 0, BASE)
+    write_eval(tmp_path, 1, ROUND_1)
+    data = by_answer(tmp_path)
+    assert data["rounds"] == [0, 1] and data["prior_answer"] == "12" and data["problems"] == 8
+    got = {a["answer"]: a for a in data["answers"]}
+    # Most problems first, equal counts by numeric value: "1,080" (1080) after "7".
+    assert [a["answer"] for a in data["answers"]] == ["12", "5", "3", "7", "1,080"]
+    assert got["12"]["problems"] == 3 and got["5"]["problems"] == 2
+    assert got["12"]["pass_at_1"] == {"0": 0.0, "1": pytest.approx(2.5 / 3)}
+    assert got["5"]["pass_at_1"] == {"0": 0.25, "1": 0.25}
+    assert got["1,080"]["pass_at_1"] == {"0": 1.0, "1": 1.0}
+    # The whole gain (+2.5 correct of 8 problems) comes from answer "12".
+    assert got["12"]["contribution_vs_base"] == {"1": pytest.approx(2.5 / 8)}
+    assert all(a["contribution_vs_base"] == {"1": 0.0} for a in data["answers"][1:])
+    change = rounds(tmp_path)[1]["change_vs_base"][0]
+    assert sum(a["contribution_vs_base"]["1"] for a in data["answers"]) == pytest.approx(change)
+    text = by_answer_table(data, top=2)
+    lines = text.splitlines()
+    assert lines[2].split() == ["12", "*", "3", "0.0", "83.3", "+31.2"]
+    assert lines[3].split() == ["5", "2", "25.0", "25.0", "+0.0"]
+    # The 3 other answers in one line: 3 problems, 1 right at base and in round 1.
+    assert lines[4].split() == ["(3", "other", "answers)", "3", "33.3", "33.3", "+0.0"]
+    assert lines[5].split() == ["all", "8", "18.8", "50.0", "+31.2"]
+    assert "* = the prior answer" in text
+    assert len(by_answer_table(data, top=0).splitlines()) == 2 + 5 + 1 + 1
+
+
+def test_report_by_answer_needs_recorded_answers(tmp_path):
+    write_eval(tmp_path, 0, BASE, prior=False)
+    with pytest.raises(Exception, match="reference answers"):
+        by_answer(tmp_path)
+    # An older round borrows the answers a newer round of the same run recorded.
+    write_eval(tmp_path, 1, ROUND_1)
+    assert by_answer(tmp_path)["answers"][0]["pass_at_1"]["0"] == 0.0
+
+
+def test_report_cli_by_answer_and_chart(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    write_eval(tmp_path, 0, BASE)
+    write_eval(tmp_path, 1, ROUND_1)
+    png = tmp_path / "chart.png"
+    assert main(["report", str(tmp_path), "--by-answer", "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "prior % (answer)" in out and "Pass@1 by reference answer" in out
+    assert "12 *" in out and f"chart: {png}" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert main(["report", str(tmp_path), "--json", "--by-answer"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["rounds"][1]["prior_baseline"]["pass_at_1"] == 0.375
+    assert data["by_answer"]["answers"][0]["answer"] == "12"
+    assert main(["report", str(tmp_path), "--json"]) == 0
+    assert "by_answer" not in json.loads(capsys.readouterr().out)
 
 
 def test_report_errors(tmp_path):

@@ -281,12 +281,16 @@ def _report(args: argparse.Namespace) -> None:
     from tpt_jax import report
 
     rows = _report_rows(args.run_dir)
+    answers = report.by_answer(args.run_dir) if args.by_answer else None
     if args.json:
-        print(json.dumps({"rounds": rows}, indent=2))
+        extra = {"by_answer": answers} if answers is not None else {}
+        print(json.dumps({"rounds": rows, **extra}, indent=2))
         return
     print(report.table(rows))
     for note in _notes(rows):
         print(note)
+    if answers is not None:
+        print(f"\nPass@1 by reference answer:\n{report.by_answer_table(answers, args.top)}")
     title = f"{Path(args.run_dir).name}: Pass@k per round"
     chart = report.plot(rows, args.png or Path(args.run_dir) / "report.png", title)
     if chart:  # None without matplotlib
@@ -347,6 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir")
     rep.add_argument("--json", action="store_true", help="print JSON instead of the table")
     rep.add_argument("--png", help="where to write the chart (default RUN_DIR/report.png)")
+    rep.add_argument(
+        "--by-answer",
+        action="store_true",
+        help="also break Pass@1 down by reference answer, per round (with --json: by_answer)",
+    )
+    rep.add_argument(
+        "--top",
+        type=int,
+        default=20,
+        metavar="N",
+        help="--by-answer table: the N answers with most problems, the rest in one line (0: all)",
+    )
     rep.set_defaults(fn=_report)
 
     pl = sub.add_parser("plan", help="memory per device and stage; whether the run fits")

@@ -4,13 +4,20 @@ Pass@1 is the mean per-sample accuracy; Pass@k is the unbiased estimator
 1 − C(n−c, k)/C(n, k) averaged over problems. The 95% interval of Pass@1 treats problems as the
 unit of sampling (samples of one problem are correlated): mean ± 1.96 · sd(per-problem
 accuracy) / √P. Greedy accuracy gets a Wilson interval.
+
+The prior baseline is what a model that knows nothing about the question scores: always answer
+the reference answer most common in the TRAIN split (as the grading mode tells answers apart),
+graded on the same test problems in the same mode, with its interval in the same style as
+Pass@1's. A Pass@1 near it means the model may have learnt the answer distribution, not the
+arithmetic.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +25,7 @@ from tpt_jax.api import ModelHandle
 from tpt_jax.config import EvalConfig
 from tpt_jax.engine import SamplingParams
 from tpt_jax.grading import MODES, extract_answer, is_correct, mean_pass_at_k
+from tpt_jax.report import answer_key, answer_order
 from tpt_jax.stats import mean_ci, wilson
 from tpt_jax.think import EncodedPrompts, sample_to_file
 
@@ -47,13 +55,49 @@ def _mean_accuracy(graded: dict) -> float:
     return statistics.fmean(c / n for n, c in counts) if counts else 0.0
 
 
+def prior_answer(train_answers: Iterable[str], mode: str) -> tuple[str, int] | None:
+    """The most common train reference answer under `mode`'s notion of equal answers, and how
+    many train problems have it; ties go to the smallest number, then the smallest string, so
+    the same data always gives the same answer. None for no train answers."""
+    counts = Counter(answer_key(a, mode) for a in train_answers)
+    if not counts:
+        return None
+    best = min(counts.items(), key=lambda kv: (-kv[1], answer_order(kv[0])))
+    return best[0], best[1]
+
+
+def prior_baseline(
+    train_answers: Sequence[str], answers: Mapping[str, str], problem_ids: Iterable[str], mode: str
+) -> dict[str, Any] | None:
+    """Pass@1 of always answering the prior answer on `problem_ids`, graded as a model's output
+    `#### <answer>` would be (so exactly like the samples), with Pass@1's style of interval."""
+    prior = prior_answer(train_answers, mode)
+    if prior is None:
+        return None
+    answer, train_count = prior
+    outcomes = [float(is_correct(f"#### {answer}", answers[p], mode)) for p in problem_ids]
+    pass1, low, high = mean_ci(outcomes) if outcomes else (0.0, 0.0, 0.0)
+    return {
+        "answer": answer,
+        "train_count": train_count,  # train problems with this answer
+        "train_problems": len(train_answers),
+        "problems": len(outcomes),
+        "correct": int(sum(outcomes)),
+        "pass_at_1": pass1,
+        "pass_at_1_ci95": [low, high],
+    }
+
+
 def summarize(
     sampled: Sequence[Mapping[str, Any]],
     greedy: Sequence[Mapping[str, Any]],
     answers: Mapping[str, str],
     config: EvalConfig,
+    *,
+    train_answers: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The numbers of one evaluation (what `summary.json` and `tpt report` show)."""
+    """The numbers of one evaluation (what `summary.json` and `tpt report` show). With
+    `train_answers` (the train split's reference answers) it adds `prior_baseline`."""
     graded = grade(sampled, answers, config.grading)
     counts = list(graded["counts"].values())
     accuracy = [c / n for n, c in counts]
@@ -65,9 +109,7 @@ def summarize(
         "grading": config.grading,
         "pass_at_1": pass1,
         "pass_at_1_ci95": [low, high],
-        "pass_at_k": {
-            str(k): mean_pass_at_k(counts, k) for k in config.ks if counts
-        },
+        "pass_at_k": {str(k): mean_pass_at_k(counts, k) for k in config.ks if counts},
         # The same samples under every grading mode: how much of a change is answer format.
         "pass_at_1_by_mode": {
             mode: _mean_accuracy(grade(sampled, answers, mode)) for mode in MODES
@@ -75,9 +117,16 @@ def summarize(
         "extraction_failure_rate": graded["extraction_failure_rate"],
         # Per-problem accuracy, so rounds can be compared problem by problem (paired).
         "per_problem_accuracy": {pid: c / n for pid, (n, c) in graded["counts"].items()},
+        # Each problem's reference answer, so `tpt report --by-answer` can tell whether a gain
+        # is spread over the problems or concentrated on one answer.
+        "reference_answers": {pid: answers[pid] for pid in graded["counts"]},
         "cut_rate": graded["cut_rate"],
         "mean_tokens": graded["mean_tokens"],
     }
+    if train_answers:
+        out["prior_baseline"] = prior_baseline(
+            train_answers, answers, graded["counts"], config.grading
+        )
     if greedy:
         g = grade(greedy, answers, config.grading)
         right = sum(c for _, c in g["counts"].values())
@@ -96,8 +145,10 @@ def evaluate(
     *,
     seed: int,
     label: str = "eval",
+    train_answers: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Sample, grade and summarize; samples go to `out_dir` (resumable), the summary too."""
+    """Sample, grade and summarize; samples go to `out_dir` (resumable), the summary too.
+    `train_answers`: the train split's reference answers, for the prior baseline."""
     out_dir.mkdir(parents=True, exist_ok=True)
     answers = {p.id: p.answer for p in prompts.problems}
     params = SamplingParams(
@@ -116,7 +167,7 @@ def evaluate(
         greedy = sample_to_file(
             handle, prompts, params, out_dir / "greedy.jsonl", label=f"{label} greedy"
         )
-    summary = summarize(sampled, greedy, answers, config)
+    summary = summarize(sampled, greedy, answers, config, train_answers=train_answers)
     summary["skipped_too_long"] = prompts.skipped_too_long
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

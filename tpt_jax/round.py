@@ -379,14 +379,25 @@ class Run:
         prompts = encode_prompts(
             handle, self.problems("test"), self.config.task, self.shots(), None, cfg.max_new_tokens
         )
+        # The train answers give the prior baseline (always the most common train answer):
+        # the Pass@1 a model gets from the answer distribution alone.
         summary = evaluate(
-            handle, prompts, cfg, out, seed=_seed(self.config.seed, "eval"), label=f"eval r{r}"
+            handle,
+            prompts,
+            cfg,
+            out,
+            seed=_seed(self.config.seed, "eval"),
+            label=f"eval r{r}",
+            train_answers=[p.answer for p in self.problems("train")],
         )
-        self.metrics.write("eval", r, **_scalars(summary))
+        prior = summary.get("prior_baseline")
+        extra = {"prior_baseline_pass_at_1": prior["pass_at_1"]} if prior else {}
+        self.metrics.write("eval", r, **_scalars(summary), **extra)
         low, high = summary["pass_at_1_ci95"]
+        against = f"; prior baseline {100 * prior['pass_at_1']:.1f}%" if prior else ""
         _say(
             f"  round {r}: Pass@1 {100 * summary['pass_at_1']:.1f}% "
-            f"[{100 * low:.1f}, {100 * high:.1f}] on {summary['problems']} problems"
+            f"[{100 * low:.1f}, {100 * high:.1f}] on {summary['problems']} problems{against}"
         )
         return summary
 
