@@ -342,7 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("config", help="run config YAML (see configs/)")
         r.add_argument("--run-dir", help="default: runs/<config name>")
         r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
-        r.add_argument("--force", action="store_true", help="accept a config that differs")
+        r.add_argument(
+            "--force",
+            action="store_true",
+            help="accept a changed config or data: discard the stages the change reaches",
+        )
         if name != "run":
             r.add_argument("--round", type=int, required=True)
         r.set_defaults(fn=_run)

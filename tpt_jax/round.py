@@ -32,6 +32,7 @@ the kernel drops when the process dies, `kill -9` included. Manifests record the
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import functools
 import hashlib
@@ -60,7 +61,8 @@ from tpt_jax.models.config import preset
 from tpt_jax.models.transformer import init_model
 from tpt_jax.prune import prune
 from tpt_jax.sharding import TRAIN_RULES, make_mesh
-from tpt_jax.tasks import Problem, ProblemList, load_gsm8k
+from tpt_jax.stages import first_difference, stage_inputs
+from tpt_jax.tasks import INSTRUCTION, Problem, ProblemList, load_gsm8k
 from tpt_jax.think import (
     EncodedPrompts,
     encode_prompts,
@@ -99,7 +101,11 @@ class Run:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.dir)
+        self.force = force
         self._claim_config(force)
+        # One clock per run for chat templates that print today's date (Llama 3.x): prompts, and
+        # so sampling keys and TRAIN's fingerprint, stay the same on every day the run resumes.
+        self.template_time = _run_started(self.dir)
         self.mesh = make_mesh(config.model.mesh)
         self._handle: tuple[str, ModelHandle] | None = None
         self._problems: dict[str, list[Problem]] | None = None
@@ -159,6 +165,7 @@ class Run:
         plan.check_local(self.config, [s for s in stages if s != "prune"])
         self.problems("train")
         self.problems("test")
+        self._discard_stale()
         think_pending = (
             self.config.rounds >= 1 and not (self.round_dir(1) / "think" / "DONE.json").exists()
         )
@@ -249,7 +256,11 @@ class Run:
         for before in STAGES[: STAGES.index(stage)] if r else ():
             if not (self.round_dir(r) / before / "DONE.json").exists():
                 raise TptError(f"round {r}: stage {stage} needs {before} first")
+        inputs = self._inputs(stage, r)
+        if (out / "INPUTS.json").exists() and read_json(out / "INPUTS.json") != inputs:
+            raise TptError(f"{out}: partial output of other inputs; run preflight (tpt run) first")
         out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "INPUTS.json", inputs)  # before any output: a partial one is named too
         _say(f"[round {r}] {stage}")
         result = getattr(self, f"_{stage}")(r, out)
         write_json(done, result)
@@ -420,7 +431,10 @@ class Run:
         key = f"{path}|{rules is not None}|{dtype}"
         if self._handle is None or self._handle[0] != key:
             self._handle = None  # free the old weights before loading new ones
-            self._handle = (key, self._load(path, rules, dtype))
+            handle = self._load(path, rules, dtype)
+            if handle.tokenizer is not None:
+                handle.tokenizer.template_time = self.template_time
+            self._handle = (key, handle)
         return self._handle[1]
 
     def sampling_dtype(self) -> str:
@@ -467,8 +481,15 @@ class Run:
         master = jnp.float32 if spec.dtype == "float32" else jnp.bfloat16
         model = init_model(preset(path.removeprefix("preset:")), self.config.seed, master)
         tmp = self.dir / "base_model"  # materialize once, so every later load is the same
+        made_from = {"model": spec.path, "dtype": spec.dtype, "seed": self.config.seed}
+        record = tmp / "MADE_FROM.json"
+        if checkpoint.is_checkpoint(tmp) and (
+            not record.exists() or read_json(record) != made_from
+        ):
+            shutil.rmtree(tmp)  # another preset or seed (--force): draw it again
         if not checkpoint.is_checkpoint(tmp):
             checkpoint.save_checkpoint(model, tmp, tokenizer=tokenizer)
+            write_json(tmp / "MADE_FROM.json", made_from)
         return load(tmp, **kwargs)
 
     def problems(self, split: str) -> list[Problem]:
@@ -508,6 +529,41 @@ class Run:
 
     # --- bookkeeping -------------------------------------------------------------------------
 
+    def _inputs(self, stage: str, r: int) -> dict[str, Any]:
+        self.problems("train")
+        data = {split: self._data[f"{split}_sha256"] for split in ("train", "test")}
+        return stage_inputs(self.config, stage, r, data)
+
+    def _discard_stale(self) -> None:
+        """Every stage directory whose INPUTS.json differs from what the config and data give
+        now (a changed data file, or a config changed with --force): refused, naming what would
+        be discarded, or with --force deleted (and the manifests of its rounds)."""
+        stale = []
+        for r in range(self.config.rounds + 1):
+            for stage in ("eval",) if r == 0 else STAGES:
+                out = self.round_dir(r) / stage
+                if not out.exists():
+                    continue
+                path = out / "INPUTS.json"
+                then = read_json(path) if path.exists() else None
+                now = self._inputs(stage, r)
+                if then != now:
+                    why = "no INPUTS.json" if then is None else first_difference(then, now)
+                    stale.append((r, stage, why))
+        if not stale:
+            return
+        (r, stage, why), names = stale[0], ", ".join(f"round {r} {s}" for r, s, _ in stale)
+        if not self.force:
+            raise TptError(
+                f"{self.dir}: round {r} {stage} was made from other inputs ({why}); --force "
+                f"discards {names} and redoes them"
+            )
+        _say(f"discarding {names} (round {r} {stage}: {why})")
+        for r, stage, _ in stale:
+            shutil.rmtree(self.round_dir(r) / stage)
+            (self.round_dir(r) / "manifest.json").unlink(missing_ok=True)
+        shutil.rmtree(self.dir / "export", ignore_errors=True)  # it may hold a discarded round
+
     def _claim_config(self, force: bool) -> None:
         path = self.dir / "config.json"
         mine = to_dict(self.config)
@@ -520,7 +576,7 @@ class Run:
             if theirs != mine and fresh:
                 shutil.rmtree(self.dir / "base_model", ignore_errors=True)  # its seed/preset
             elif theirs != mine and not force:
-                diff = _first_difference(theirs, mine)
+                diff = first_difference(theirs, mine)
                 raise TptError(
                     f"{self.dir}: was started with a different config ({diff}); "
                     "use the same config, another --run-dir, or --force"
@@ -539,6 +595,8 @@ class Run:
             "config_hash": config_hash(self.config),
             "data_hash": data_hash,
             "data": self._data,  # per split: problems used, bad lines skipped, what was read
+            "instruction": self.config.task.instruction or INSTRUCTION,
+            "template_time": self.template_time.isoformat(),  # what chat templates' dates read
             "versions": _versions(),
             "devices": {"kind": jax.devices()[0].device_kind, "count": jax.device_count()},
             "wall_seconds": walls,
@@ -563,6 +621,14 @@ class Run:
         marker.write_text(f"{pick['round']}\n")
         _say(f"exported round {pick['round']} ({which}) to {out}")
         return out
+
+
+def _run_started(run_dir: Path) -> datetime.datetime:
+    """When the run first started (`run_dir/started.json`, written once)."""
+    path = run_dir / "started.json"
+    if not path.exists():
+        write_json(path, {"time": datetime.datetime.now().isoformat(timespec="seconds")})
+    return datetime.datetime.fromisoformat(read_json(path)["time"])
 
 
 def _drop_scratch(stage_dir: Path) -> None:
@@ -629,14 +695,6 @@ def _shipped_tokenizer(name: str) -> Tokenizer:
             f"model.tokenizer: {name!r} is neither a directory nor one of {list(finders)}"
         )
     return read_gguf(finders[name]()).tokenizer
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-    return f"{prefix.rstrip('.')}: {a!r} then, {b!r} now"
 
 
 def _scalars(summary: dict[str, Any]) -> dict[str, float]:
