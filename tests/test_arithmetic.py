@@ -1,8 +1,10 @@
 """Tests for tpt_jax.arithmetic: the seeded word-problem generator (determinism, split
-disjointness, verified answers, the value bound, variety, argument errors)."""
+disjointness, verified answers, the value bound, variety, answers spread with no dominant value,
+argument errors)."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 
@@ -157,3 +159,40 @@ def test_generated_problems_are_varied():
 def test_generator_argument_errors(kwargs):
     with pytest.raises(TptError):
         generate_problems(**kwargs)
+
+
+# Every (level, max_value) a shipped config uses (configs/demo.yaml: level 1 up to 12;
+# configs/smoke.yaml and the TaskConfig defaults: levels 1 and 2 up to 999) and the small bounds
+# an ablation is likely to pick.
+SPREAD_CASES = [(level, cap) for level in (1, 2, 3) for cap in (12, 20, 50, 999)]
+
+
+@pytest.mark.parametrize(("level", "cap"), SPREAD_CASES)
+def test_answers_are_spread_over_their_range(level: int, cap: int) -> None:
+    # Before the spreading, 12 was the answer to 23% of the demo's level-1 problems (up to 12),
+    # so always answering 12 scored as well as the base model.
+    for split, n in (("train", 2000), ("test", 1000)):
+        problems = generate_problems(split, n, [level], seed=0, max_value=cap)
+        counts = Counter(p.answer for p in problems)
+        answer, most = counts.most_common(1)[0]
+        assert most <= 0.10 * n, (split, answer, most)
+        # Spread, not just capped: every value comes up where there are few, and the effective
+        # number of answers (exp of the entropy) stays close to the count of values.
+        effective = math.exp(-sum(c / n * math.log(c / n) for c in counts.values()))
+        if cap <= 50:
+            assert set(counts) == {str(v) for v in range(1, cap + 1)}, (split, sorted(counts))
+            assert effective >= 0.85 * cap, (split, effective)
+        else:
+            assert len(counts) >= 150 and effective >= 100, (split, len(counts), effective)
+        if level == 2:  # no step undoes the one before, so the answer is never the start value
+            assert not [p for p in problems if re.search(r"\d+", p.question)[0] == p.answer]
+
+
+def test_demo_splits_have_no_dominant_answer():
+    # The exact call round.py makes for configs/demo.yaml (seed 0, level 1, max_value 12): even
+    # these small splits keep every answer within 10%, which independent draws would not.
+    for split, n in (("train", 161), ("test", 64)):
+        problems = generate_problems(split, n, [1], 0, max_value=12)
+        counts = Counter(p.answer for p in problems)
+        assert counts.most_common(1)[0][1] <= 0.10 * n, (split, counts.most_common(3))
+        assert len(counts) == 12, (split, counts)

@@ -6,7 +6,9 @@ are exact non-negative integers (every intermediate value is an integer from 1 t
 lines of the form ``... a op b = c ...`` (``op`` one of ``+ - * /``, money written ``$a``), then
 ``#### c``. Train and test never share a question: a question belongs to the test split if and
 only if :func:`split_of` (a hash of its text) says so, and generation for a split rejects every
-candidate of the other split.
+candidate of the other split. Answers are spread over the values a level reaches (no answer
+takes much more than an even share of a split, so no constant guess scores well; see "Spreading
+the answers"), and no step undoes the step before it.
 
 The word tables (names, settings, phrasings) live in :mod:`tpt_jax.arithmetic_words`. Pure
 Python, layer 0. The seed strings still say ``tpt_jax.tasks`` (where this code first lived) so
@@ -15,9 +17,10 @@ that the problems stay the same.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +59,10 @@ class _State:
     money: bool = False
     last: str = "start"  # the last op family: "start", "add", "sub", "compare", "other"
     question: str | None = None  # set by a final-only op
+    # Values the next step must not come back to (what the last step started from): a step that
+    # undoes the one before (3 times as many, then a third of those) wastes a step and makes the
+    # answer a number the question shows.
+    undo: tuple[int, ...] = ()
 
 
 class _Ctx:
@@ -96,6 +103,13 @@ class _Ctx:
         return f
 
 
+@functools.cache
+def _pairs(ks: range, ns: range, bound: int) -> tuple[tuple[int, int], ...]:
+    """The ``(k, n)`` with ``k * n <= bound``, ``k`` major; cached because candidates are made by
+    the ten thousand and rebuilding these lists took a third of the time."""
+    return tuple((k, n) for k in ks for n in ns if k * n <= bound)
+
+
 def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
@@ -122,6 +136,7 @@ def _unit(st: _State) -> str:
 
 # Each op returns (question sentences, solution lines, new state) or None when it does not fit.
 _Step = tuple[list[str], list[str], _State]
+_Op = Callable[[_Ctx, _State], _Step | None]
 
 
 def _op_add(ctx: _Ctx, st: _State) -> _Step | None:
@@ -269,7 +284,7 @@ def _op_more_boxes(ctx: _Ctx, st: _State) -> _Step | None:
         return None
     rng = ctx.rng
     box, boxes = rng.choice(ctx.setting.boxes)
-    options = [(k, n) for k in range(2, 7) for n in range(2, 13) if st.value + k * n <= ctx.cap]
+    options = _pairs(range(2, 7), range(2, 13), ctx.cap - st.value)
     if not options:
         return None
     k, n = rng.choice(options)
@@ -360,6 +375,18 @@ _OPS = (
 )
 
 
+@functools.cache
+def _families(remaining: int) -> tuple[tuple[str, ...], dict[str, tuple[_Op, ...]]]:
+    """The op families that fit when ``remaining`` steps are left (sorted), and their ops. Only
+    1 (final ops allowed, two-step ops not) and 2 or more differ, so callers pass
+    ``min(remaining, 2)``; cached because every step of every candidate asks."""
+    fams: dict[str, list[_Op]] = {}
+    for fam, op, steps, final in _OPS:
+        if steps <= remaining and (not final or remaining == 1):
+            fams.setdefault(fam, []).append(op)
+    return tuple(sorted(fams)), {fam: tuple(ops) for fam, ops in fams.items()}
+
+
 def _start(ctx: _Ctx) -> tuple[list[str], list[str], _State]:
     """The opening sentence; some openings are a multiplication (one step)."""
     rng = ctx.rng
@@ -367,11 +394,11 @@ def _start(ctx: _Ctx) -> tuple[list[str], list[str], _State]:
     owner = ctx.person()
     if setting.money_start:
         st = _State(0, MONEY, owner, True)
-        pairs = [(k, n) for k in range(2, 9) for n in range(3, 26) if k * n <= ctx.cap]
+        pairs = _pairs(range(2, 9), range(3, 26), ctx.cap)
         if rng.random() < 0.3 and pairs:
             tq, tsol = rng.choice(MONEY_STARTS_MUL)
             k, n = rng.choice(pairs)
-            st.value = k * n
+            st.value, st.undo = k * n, (k, n)
             q = _say(ctx, tq, st, connector=False, first=True, n=n, k=k)
             return [q], [tsol.format(name=owner.name, k=k, n=n, r=k * n)], st
         st.value = rng.randint(5, min(120, ctx.cap))
@@ -379,11 +406,11 @@ def _start(ctx: _Ctx) -> tuple[list[str], list[str], _State]:
         return [q], [], st
     thing = rng.choice(setting.things)
     st = _State(0, thing, owner)
-    pairs = [(k, n) for k in range(2, 10) for n in range(3, 25) if k * n <= min(300, ctx.cap)]
+    pairs = _pairs(range(2, 10), range(3, 25), min(300, ctx.cap))
     if thing.owned and thing.pack is None and setting.boxes and rng.random() < 0.3 and pairs:
         box, boxes = rng.choice(setting.boxes)
         k, n = rng.choice(pairs)
-        st.value = k * n
+        st.value, st.undo = k * n, (k, n)
         q = _say(
             ctx, f"{{who}} has {k} {boxes} of {thing.many} with {n} {thing.many} in each {box}.",
             st, connector=False, first=True,
@@ -428,15 +455,13 @@ def _make_problem(rng: random.Random, level: int, cap: int) -> tuple[str, str, i
         remaining = level - len(sols)
         if remaining <= 0:
             break
-        fams: dict[str, list] = {}
-        for fam, op, steps, final in _OPS:
-            if steps <= remaining and (not final or remaining == 1):
-                fams.setdefault(fam, []).append(op)
-        fam = rng.choice(sorted(fams))
-        step = rng.choice(fams[fam])(ctx, st)
-        if step is None:
+        names, fams = _families(min(remaining, 2))
+        step = rng.choice(fams[rng.choice(names)])(ctx, st)
+        if step is None or step[2].value in st.undo:
             continue
-        q_more, sol_more, st = step
+        q_more, sol_more, new = step
+        new.undo = (st.value,)
+        st = new
         q += q_more
         sols += sol_more
         if st.question is not None and len(sols) < level:  # pragma: no cover - guarded above
@@ -447,6 +472,62 @@ def _make_problem(rng: random.Random, level: int, cap: int) -> tuple[str, str, i
     question = " ".join(q)
     solution = "\n".join(sols + [f"#### {st.value}"])
     return question, solution, st.value
+
+
+# --------------------------------------------------------------------------------------------
+# Spreading the answers
+#
+# Left alone, the step engine piles answers onto a few values: at level 1 with max_value 12,
+# 22% of candidates answer 12 (sums and products pile up at the cap), so a model that always
+# said 12 scored as well as the base model on the demo. Generation therefore holds back any
+# answer already more than one problem above its share of what a level has made so far. The
+# share is the flattest a level reaches cheaply: 1 in 20 where answers spread over many values
+# (the engine alone stays under that with max_value 999, so this rarely binds there), nearly
+# uniform over the values a level reaches where there are fewer (1.1 / 12 with max_value 12),
+# and never so flat that more than about half of the candidates are thrown away.
+
+_PEAK_SHARE = 0.05  # the largest share we aim to give any one answer
+_MIN_KEPT = 0.5  # the least fraction of candidates the flattening may keep, on average
+_CALIBRATION = 2000  # candidates drawn to estimate how often the engine makes each answer
+
+
+@functools.cache
+def _answer_share(level: int, cap: int) -> float:
+    """The most of a level's problems, as a share, that one answer may take (plus one problem).
+
+    Estimated once per (level, cap) from candidates of a fixed stream of its own (not the run's
+    seed or split: this is a property of the engine). Clipping every answer's frequency ``p`` at
+    a level ``t`` keeps ``sum(min(p, t))`` of the candidates and gives the most common answer a
+    share ``t / sum(min(p, t))``; the lowest ``t`` allowed by ``_MIN_KEPT`` bounds how flat the
+    answers can be made, and ``_PEAK_SHARE`` how flat we want them. Holding each answer to that
+    share in every prefix (see :func:`generate_problems`) gives about the clipped distribution:
+    an inverse-frequency reweighting that also holds in splits of a few dozen problems, where
+    independent draws would leave chance peaks (12 equally likely values over 64 problems
+    usually give one of them 9 or more).
+    """
+    rng = random.Random(f"tpt_jax.arithmetic/answers/L{level}/{cap}")
+    counts: dict[int, int] = {}
+    for _ in range(_CALIBRATION):
+        made = _make_problem(rng, level, cap)
+        if made is not None:
+            counts[made[2]] = counts.get(made[2], 0) + 1
+    total = sum(counts.values())
+    if not total:  # pragma: no cover - every level makes problems; no estimate, no limit
+        return 1.0
+    freqs = [c / total for c in counts.values()]
+
+    def kept(t: float) -> float:
+        return sum(min(f, t) for f in freqs)
+
+    lo, hi = 0.0, max(freqs)  # kept() rises with t, from 0 to 1: bisect for kept(t) = _MIN_KEPT
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if kept(mid) < _MIN_KEPT else (lo, mid)
+    # Never below 1 / (values seen), so the answers the level makes always have room; and a tenth
+    # above that, because at exactly uniform every value has to keep pace with the scarcest one
+    # and generation stalls (nearly twice the time with 12 values, measured) to save 0.8 points
+    # of share.
+    return max(_PEAK_SHARE, hi / kept(hi), 1.1 / len(freqs))
 
 
 def split_of(question: str) -> str:
@@ -484,22 +565,33 @@ def generate_problems(
     streams = {
         level: random.Random(f"tpt_jax.tasks/{split}/{seed}/L{level}") for level in set(levels)
     }
+    shares = {level: _answer_share(level, max_value) for level in streams}
+    answers: dict[int, dict[int, int]] = {level: {} for level in streams}  # per level, per answer
+    made_so_far = dict.fromkeys(streams, 0)
     seen: set[str] = set()
     problems: list[Problem] = []
     for i in range(n):
         level = levels[i % len(levels)]
         rng = streams[level]
+        counts = answers[level]
+        # An answer may hold at most its share of this level's problems, plus one, in every
+        # prefix: so no value dominates even a split of 64, and a smaller n is still a prefix.
+        limit = shares[level] * (made_so_far[level] + 1)
         for _ in range(100_000):
             made = _make_problem(rng, level, max_value)
             if made is None:
                 continue
             question, solution, answer = made
+            if counts.get(answer, 0) > limit:
+                continue
             if question in seen or split_of(question) != split:
                 continue
             break
         else:  # pragma: no cover - the problem space is far larger than any request
             raise TptError(f"could not generate {n} distinct level-{level} problems")
         seen.add(question)
+        counts[answer] = counts.get(answer, 0) + 1
+        made_so_far[level] += 1
         digest = hashlib.sha256(question.encode("utf-8")).hexdigest()[:12]
         problems.append(
             Problem(f"arith/{split}/L{level}/{digest}", question, str(answer), solution, level)
