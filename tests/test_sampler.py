@@ -8,13 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import shipped
 import torch
-import transformers
 from flax import nnx
 from hf_tiny import CONFIGS, make_hf_model
 from scipy import stats
 
-import tpt_jax
 import tpt_jax.engine.sampling as sampler_module
 from tpt_jax.engine import Engine, SamplingParams, sample_logits
 from tpt_jax.errors import TptError
@@ -228,17 +227,14 @@ CHATS = [  # a long answer (runs to the limit) and a short one (ends with <|im_e
 def test_smollm2_greedy_equals_transformers():
     """Both chats in one (left-padded) batch against transformers on each chat alone."""
     mesh = one_device()
-    handle = tpt_jax.load("smollm2", mesh=mesh)
+    handle = shipped.handle("smollm2")
     prompts = [handle.tokenizer.apply_chat_template(m, add_generation_prompt=True) for m in CHATS]
     assert len({len(p) for p in prompts}) == 2
     stops = list(handle.tokenizer.stop_token_ids)
     sampler = Engine(handle.model, mesh, stop_ids=stops)
     ours = sampler.generate(prompts, SamplingParams(max_new_tokens=SMOL_NEW, temperature=0))
 
-    directory, name = handle.source.rsplit("/", 1)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(
-        directory, gguf_file=name, dtype=torch.float32
-    ).eval()
+    ref = shipped.reference_model("smollm2")
     reasons = []
     for ids, (sample,) in zip(prompts, ours, strict=True):
         with torch.no_grad():

@@ -6,6 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import shipped
 import tokenizers
 import transformers  # noqa: E402
 from tokenizers import Regex, pre_tokenizers
@@ -38,18 +39,14 @@ def _hf_ids(out) -> list[int]:
 def smollm2():
     from tpt_jax.gguf_io import find_smollm2_gguf, read_gguf_tokenizer
 
-    path = find_smollm2_gguf()
-    ref = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return read_gguf_tokenizer(path), ref
+    return read_gguf_tokenizer(find_smollm2_gguf()), shipped.reference_tokenizer("smollm2")
 
 
 @pytest.fixture(scope="module")
 def gemma3():
     from tpt_jax.gguf_io import find_gemma3_270m_gguf, read_gguf_tokenizer
 
-    path = find_gemma3_270m_gguf()
-    ref = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return read_gguf_tokenizer(path), ref
+    return read_gguf_tokenizer(find_gemma3_270m_gguf()), shipped.reference_tokenizer("gemma3-270m")
 
 
 # --- SmolLM2 ------------------------------------------------------------------------------------
