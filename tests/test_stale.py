@@ -178,3 +178,32 @@ def test_instruction_from_text_or_file(tmp_path):
         load_config(run_config(tmp_path, "  instruction: file:nope.txt\n"))
     with pytest.raises(TptError, match="task.instruction is empty"):
         load_config(run_config(tmp_path), ["task.instruction= "])
+
+
+@pytest.mark.parametrize(
+    "change, adopted",
+    [
+        ("train.init=base", ALL),  # restart-from-base: round 1 is the same run
+        ("prune.strategy=correct", [(0, "eval"), (1, "think")]),  # smoke prunes nothing
+        ("seed=1", []),
+    ],
+)
+def test_reuse_adopts_the_finished_stages_whose_inputs_are_equal(finished, change, adopted):
+    main = Run(load_config(run_config(finished)), finished / "run")
+    model = main.round_dir(1) / "model"
+    model.mkdir()
+    (model / "weights").write_text("w")
+    train_done = main.round_dir(1) / "train" / "DONE.json"
+    train_done.write_text(json.dumps({"model": str(model), "carried": False}))
+    main._lock.close()
+    config = load_config(run_config(finished), [change])
+    other = Run(config, finished / "other", reuse=(finished / "run",))
+    other.preflight(model=False)
+    assert present(other) == adopted
+    if (1, "train") in adopted:
+        assert other.model_path(1) == str(other.round_dir(1) / "model")
+        assert (other.round_dir(1) / "model" / "weights").read_text() == "w"
+        done = json.loads((other.round_dir(1) / "train" / "DONE.json").read_text())
+        assert done["reused_from"] == str(finished / "run" / "round_1" / "train")
+    other.preflight(model=False)  # adopted stages are valid stages of the new run
+    assert present(other) == adopted

@@ -132,7 +132,7 @@ def _run(args: argparse.Namespace) -> None:
     run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
     if args.command != "run" and args.round < (1 if args.command != "eval" else 0):
         raise TptError(f"tpt {args.command}: --round must be >= 1 (round 0 only evaluates)")
-    run = Run(config, run_dir, force=args.force)
+    run = Run(config, run_dir, force=args.force, reuse=tuple(getattr(args, "reuse", None) or ()))
     manifests = []
     if args.command == "run":
         manifests = run.run()
@@ -347,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="accept a changed config or data: discard the stages the change reaches",
         )
+        if name == "run":
+            r.add_argument(
+                "--reuse",
+                action="append",
+                metavar="RUN_DIR",
+                help="copy the finished stages of another run whose inputs equal this run's",
+            )
         if name != "run":
             r.add_argument("--round", type=int, required=True)
         r.set_defaults(fn=_run)

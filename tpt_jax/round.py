@@ -95,13 +95,21 @@ def read_json(path: Path) -> Any:
 class Run:
     """One run directory and the config that owns it."""
 
-    def __init__(self, config: RunConfig, run_dir: str | Path, *, force: bool = False):
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        *,
+        force: bool = False,
+        reuse: tuple[str | Path, ...] = (),
+    ):
         self.config = config
         _check_mesh(config.model.mesh)
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.dir)
         self.force = force
+        self.reuse = tuple(Path(d) for d in reuse)  # other runs whose finished stages may be ours
         self._claim_config(force)
         # One clock per run for chat templates that print today's date (Llama 3.x): prompts, and
         # so sampling keys and TRAIN's fingerprint, stay the same on every day the run resumes.
@@ -166,6 +174,8 @@ class Run:
         self.problems("train")
         self.problems("test")
         self._discard_stale()
+        for other in self.reuse:
+            self._adopt(other)
         think_pending = (
             self.config.rounds >= 1 and not (self.round_dir(1) / "think" / "DONE.json").exists()
         )
@@ -533,6 +543,28 @@ class Run:
         self.problems("train")
         data = {split: self._data[f"{split}_sha256"] for split in ("train", "test")}
         return stage_inputs(self.config, stage, r, data)
+
+    def _adopt(self, other: Path) -> None:
+        """Copy every finished stage of the run in `other` whose inputs equal this run's (an
+        ablation shares its first stages with the main run: restart-from-base shares all of
+        round 1). Stops at the first stage it cannot take, since the ones after depend on it."""
+        for r in range(self.config.rounds + 1):
+            for stage in ("eval",) if r == 0 else STAGES:
+                mine, theirs = self.round_dir(r) / stage, other / f"round_{r}" / stage
+                if mine.exists():
+                    continue
+                done = theirs / "DONE.json"
+                if not done.exists() or read_json(theirs / "INPUTS.json") != self._inputs(stage, r):
+                    return
+                shutil.copytree(theirs, mine, ignore=shutil.ignore_patterns(*SCRATCH))
+                result = read_json(done)
+                if stage == "train" and not result.get("carried"):
+                    shutil.copytree(other / f"round_{r}" / "model", self.round_dir(r) / "model")
+                    result["model"] = str(self.round_dir(r) / "model")
+                elif stage == "train":
+                    result["model"] = self.model_path(r - 1)
+                write_json(mine / "DONE.json", {**result, "reused_from": str(theirs)})
+                _say(f"reused round {r} {stage} from {other}")
 
     def _discard_stale(self) -> None:
         """Every stage directory whose INPUTS.json differs from what the config and data give

@@ -10,7 +10,8 @@ Dependencies (a model is the base spec for round 0, else the TRAIN that made it)
     think r   model r-1, task, think, engine.dtype, seed, train data
     prune r   think r, prune, train.select, seed, train data
     train r   prune r, the model it starts from (r-1, or 0 with train.init: base), train
-              (without on_nan, a policy for bad steps), model.dtype, seed
+              (without on_nan, a policy for bad steps, and init, which only picks the start
+              model), model.dtype, seed
     eval r    model r, task, eval, engine.dtype, seed, test and train data (few-shot examples)
 
 Left out on purpose: model.mesh and the engine's slot and chunk settings (sampled tokens do not
@@ -48,7 +49,7 @@ def stage_inputs(config: RunConfig, stage: str, r: int, data: dict[str, str]) ->
                 "train data": data["train"]}  # fmt: skip
     if stage == "train":
         start = 0 if config.train.init == "base" else r - 1
-        train = {k: v for k, v in c["train"].items() if k != "on_nan"}
+        train = {k: v for k, v in c["train"].items() if k not in ("on_nan", "init")}
         return {"prune": fingerprint(stage_inputs(config, "prune", r, data)),
                 "start model": _model(config, start, data), "train": train,
                 "model.dtype": c["model"]["dtype"], "seed": c["seed"]}  # fmt: skip
