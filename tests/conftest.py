@@ -1,6 +1,12 @@
-"""Runs every test on 8 fake CPU devices, so sharded code paths run in CI without accelerators."""
+"""Runs every test on 8 fake CPU devices, so sharded code paths run in CI without accelerators.
+Compiled programs go to one persistent compilation cache per session, shared with the `tpt`
+subprocesses the end-to-end tests start (each smoke run compiles the same programs: 33 s cold,
+19 s warm on 2 cores)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (
@@ -8,3 +14,9 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="tpt-tests-xla-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
