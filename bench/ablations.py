@@ -5,7 +5,8 @@ SmolLM2-135M-Instruct and the built-in task (configs/ablations/smollm2_arith_*.y
     PYTHONPATH=. python bench/ablations.py report    # table, JSON and figure of what finished
 
 `run` goes through the runs in an order that lets later ones adopt the stages they share with
-earlier ones (`tpt run --reuse`: equal inputs, so equal outputs): no pruning shares round 0 and
+earlier ones (`tpt run --reuse`: equal inputs, so equal outputs): TPT seed 0 shares rounds 0 and
+1 with the demo (runs/demo, if it has run); no pruning shares round 0 and
 round 1's THINK with TPT of the same seed; restart-from-base shares all of round 1. `report`
 reads each run's manifests (what `tpt report --json` shows) and writes
 `bench/results/ablations.{json,md,png}`: Pass@1 per round with its 95% interval, the paired
@@ -31,7 +32,7 @@ OUT = ROOT / "bench" / "results"
 
 # (run name, config, method label, seed, runs it may adopt stages from), in running order.
 PLAN = [
-    ("tpt_s0", "smollm2_arith_tpt", "TPT", 0, ()),
+    ("tpt_s0", "smollm2_arith_tpt", "TPT", 0, ("../demo",)),  # `tpt run configs/demo.yaml`
     ("no_pruning_s0", "smollm2_arith_no_pruning", "no pruning", 0, ("tpt_s0",)),
     ("restart_s0", "smollm2_arith_restart_from_base", "restart from base", 0, ("tpt_s0",)),
     ("tpt_s1", "smollm2_arith_tpt_seed1", "TPT", 1, ()),
@@ -46,7 +47,8 @@ def run_all(only: list[str]) -> None:
         cmd = [sys.executable, "-m", "tpt_jax.cli", "run", str(CONFIGS / f"{config}.yaml")]
         cmd += ["--run-dir", str(RUNS / name)]
         for other in reuse:
-            cmd += ["--reuse", str(RUNS / other)]
+            if (RUNS / other).is_dir():
+                cmd += ["--reuse", str((RUNS / other).resolve())]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
 
