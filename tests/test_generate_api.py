@@ -48,10 +48,18 @@ def test_bad_sampling_values_are_errors(handle):
         handle.generate([[1, 2]], n=0)
 
 
-def test_cli_generate_streams_the_greedy_answer(handle, capsys):
+def test_cli_generate_streams_the_greedy_answer(handle, capsys, monkeypatch):
+    """`tpt generate` streams what `generate` returns. The command's own load is served the
+    handle already loaded (on one device: the tests' 8 fake devices would make it reload and
+    recompile sharded, for half a minute, what is tested elsewhere)."""
+    import tpt_jax.api
+
+    loads = []
+    monkeypatch.setattr(tpt_jax.api, "load", lambda name, dtype: loads.append(name) or handle)
     chat = [{"role": "user", "content": QUESTION}]
     expected = handle.generate([chat], max_new_tokens=16, temperature=0)[0][0]
     assert main(["generate", "smollm2", QUESTION, "--max-new-tokens", "16"]) == 0
+    assert loads == ["smollm2"]
     out, err = capsys.readouterr()
     assert out.strip() == expected.text.strip()
     cut = int(expected.finish_reason == "length")

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -408,6 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"tpt: error: {msg}", file=sys.stderr)
+        # A write that failed inside Orbax's async writers can leave a coroutine that Python
+        # reports at exit ("never awaited"): noise after the one line that says what happened.
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
         return 2
     return 0
 
