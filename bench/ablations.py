@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -47,8 +48,9 @@ def run_all(only: list[str]) -> None:
         cmd = [sys.executable, "-m", "tpt_jax.cli", "run", str(CONFIGS / f"{config}.yaml")]
         cmd += ["--run-dir", str(RUNS / name)]
         for other in reuse:
-            if (RUNS / other).is_dir():
-                cmd += ["--reuse", str((RUNS / other).resolve())]
+            path = Path(os.path.normpath(RUNS / other))  # "../demo" before runs/ablations exists
+            if path.is_dir():
+                cmd += ["--reuse", str(path)]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
 
