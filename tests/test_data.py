@@ -4,6 +4,9 @@ the deterministic per-epoch steps of fixed shape."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -15,6 +18,7 @@ from tpt_jax.data import (
     epoch_steps,
     eval_batches,
     pack_rows,
+    pack_step,
     steps_per_epoch,
 )
 from tpt_jax.errors import TptError
@@ -170,8 +174,8 @@ def test_long_examples_are_dropped_and_counted_never_truncated() -> None:
         SFTExample((), (1,))
 
 
-def test_epoch_steps_recipe_counts_fixed_shapes_and_determinism() -> None:
-    cfg = TrainConfig(global_batch=8, micro_batch=4, max_len=32)
+def test_epoch_steps_recipe_counts_bucketed_shapes_and_determinism() -> None:
+    cfg = TrainConfig(global_batch=8, micro_batch=4, max_len=32, length_step=8)
     rng = np.random.default_rng(0)
     # Prompt id i + 1 tags each example so its placement can be traced.
     examples = [
@@ -181,15 +185,24 @@ def test_epoch_steps_recipe_counts_fixed_shapes_and_determinism() -> None:
     assert steps_per_epoch(2000, 8) == 250 and steps_per_epoch(2001, 8) == 251
     steps = list(epoch_steps(examples, cfg, seed=3, epoch=0))
     assert len(steps) == 250
-    seen = []
+    seen, shapes = [], set()
     for step in steps:
         assert step.examples == 8
         for micro in step.micro:
-            assert micro.tokens.shape == (4, 32)
+            rows, length = micro.tokens.shape
+            shapes.add((rows, length))
+            assert length in (8, 16, 24, 32) and rows * length <= 4 * 32  # the token budget
+            assert rows in (1, 2, 4, 8, 16) or rows == 4 * 32 // length
         starts = np.concatenate([m.tokens[(m.positions == 0) & m.valid] for m in step.micro])
         seen.extend(starts.tolist())
         assert step.loss_tokens == sum(int(m.loss_mask.sum()) for m in step.micro)
+        assert step.tokens == sum(int(m.valid.sum()) for m in step.micro)
+        assert step.computed == sum(m.tokens.size for m in step.micro) >= step.tokens
     assert sorted(seen) == list(range(1, 2001))  # each example exactly once per epoch
+    assert len(shapes) <= 12  # bucketed: a few compiled shapes, not one per step
+    # ~56 tokens per step: the old fixed [4, 32] rows computed 128 slots (>50% padding).
+    pad = 1 - sum(s.tokens for s in steps) / sum(s.computed for s in steps)
+    assert pad < 0.2
     again = list(epoch_steps(examples, cfg, seed=3, epoch=0, start=247))
     assert len(again) == 3
     for a, b in zip(again, steps[247:], strict=True):
@@ -202,9 +215,52 @@ def test_epoch_steps_recipe_counts_fixed_shapes_and_determinism() -> None:
     assert last.examples == 1993 % 8
 
 
+def test_rows_shard_evenly_over_the_data_parallel_size() -> None:
+    cfg = TrainConfig(global_batch=8, micro_batch=2, max_len=32, length_step=8)
+    examples = [SFTExample((1, 2), (3,) * n) for n in (3, 20, 7, 29, 1, 5, 11, 2)]
+    for multiple in (1, 2, 4):
+        micro = pack_step(examples, cfg, rows_multiple=multiple)
+        assert all(len(m) % multiple == 0 for m in micro)
+        assert sum(int(m.loss_mask.sum()) for m in micro) == sum(
+            len(e.completion) for e in examples
+        )
+
+
+def test_train_arrays_gather_exactly_the_completion_slots() -> None:
+    rows = pack_rows([A, B, C], 8)
+    arrays = rows.train_arrays()
+    index, targets, valid = arrays["loss_index"], arrays["loss_targets"], arrays["loss_valid"]
+    assert index.shape == targets.shape == valid.shape == (len(rows), 4)  # 4 = 3 rounded to T/4=2
+    for r in range(len(rows)):
+        slots = np.flatnonzero(rows.loss_mask[r])
+        np.testing.assert_array_equal(index[r, : len(slots)], slots)
+        np.testing.assert_array_equal(targets[r, : len(slots)], rows.targets[r, slots])
+        assert valid[r].sum() == len(slots) and not valid[r, len(slots) :].any()
+    assert "targets" not in arrays and "loss_mask" not in arrays
+
+
+def test_gsm8k_length_steps_at_the_recipe_settings_pad_under_ten_percent(smollm2) -> None:
+    """The recipe (global_batch 8, micro_batch 8, max_len 1600) on GSM8K reference solutions:
+    fixed [8, 1600] microbatches were ~86% padding; bucketed token-budget steps stay <= 10%."""
+    path = Path("/work/shared/data/gsm8k/train.jsonl")
+    if not path.is_file():
+        pytest.skip("GSM8K train.jsonl not available")
+    records = [json.loads(line) for line in path.read_text("utf-8").splitlines()[:800]]
+    examples = [
+        encode_example(smollm2, [{"role": "user", "content": r["question"]}], r["answer"])
+        for r in records
+    ]
+    steps = list(epoch_steps(examples, TrainConfig(), seed=0, epoch=0))
+    real = sum(s.tokens for s in steps)
+    assert 1 - real / (len(steps) * 8 * 1600) > 0.8  # what the fixed shape computed
+    assert 1 - real / sum(s.computed for s in steps) <= 0.10
+    shapes = {m.tokens.shape for s in steps for m in s.micro}
+    assert len(shapes) <= 12
+
+
 def test_eval_batches_cover_the_validation_set_once() -> None:
     cfg = TrainConfig(micro_batch=2, max_len=8, pack=True)
     batches = eval_batches([A, B, C, B], cfg)
-    assert all(b.tokens.shape == (2, 8) for b in batches)
+    assert all(b.tokens.shape[0] * b.tokens.shape[1] <= 2 * 8 for b in batches)
     assert sum(int(b.loss_mask.sum()) for b in batches) == 2 + 3 + 1 + 3
     assert eval_batches([], cfg) == []

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -87,6 +88,15 @@ def load_state(directory: Path, cfg: TrainConfig = CFG):
 # --- NaN / Inf ------------------------------------------------------------------------------
 
 
+def wait_for_state(directory: Path, step: int) -> None:
+    """Until the train state of `step` is committed (saves run on a background thread; the
+    next one is submitted only after this log call returns)."""
+    deadline = time.monotonic() + 60
+    while (ckpt.read_train_state_meta(directory) or {}).get("step") != step:
+        assert time.monotonic() < deadline, f"no train state of step {step} in {directory}"
+        time.sleep(0.01)
+
+
 @pytest.fixture(scope="module")
 def skipped_run(tmp_path_factory):
     """on_nan: skip with step 3 of 4 poisoned; the train state of every step kept aside."""
@@ -96,7 +106,8 @@ def skipped_run(tmp_path_factory):
     def log(record):
         if "loss" in record:
             logged.append(record)
-            if record["step"] >= 2:  # the state on disk is the previous step's
+            if record["step"] >= 2:  # the previous step's state is saved (in the background)
+                wait_for_state(work / "state", record["step"] - 1)
                 shutil.copytree(work / "state", work / f"snap_{record['step'] - 1}")
 
     os.environ["TPT_NAN_AT"] = "3"
@@ -133,12 +144,15 @@ def test_stop_keeps_the_last_good_state_and_resumes_with_skip(
 ) -> None:
     _, skip_params, skip_result, _ = skipped_run
     events = []
-    real_state, real_ckpt = ckpt.save_train_state, ckpt.save_checkpoint
+    saver = ckpt.AsyncSaver
+    real_state, real_ckpt = saver.save_train_state, saver.save_checkpoint
     monkeypatch.setattr(
-        ckpt, "save_train_state", lambda d, s, m: events.append(m["step"]) or real_state(d, s, m)
+        saver,
+        "save_train_state",
+        lambda o, d, s, m: events.append(m["step"]) or real_state(o, d, s, m),
     )
     monkeypatch.setattr(
-        ckpt, "save_checkpoint", lambda m, d, **k: events.append("best") or real_ckpt(m, d, **k)
+        saver, "save_checkpoint", lambda o, m, d: events.append("best") or real_ckpt(o, m, d)
     )
     monkeypatch.setenv("TPT_NAN_AT", "3")
     with pytest.raises(TptError) as info:
@@ -264,6 +278,7 @@ def test_a_parent_that_is_a_file_is_one_line(tmp_path: Path) -> None:
 
 CHILD = """
 import sys
+import time
 from pathlib import Path
 from flax import nnx
 from tpt_jax import checkpoint as ckpt
@@ -319,3 +334,34 @@ def test_kill_9_during_a_save_leaves_old_or_new_never_half(
     save(new)
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
     assert bits(load()) == bits(content(new))
+
+
+TRAIN_CHILD = """
+import dataclasses, sys
+from pathlib import Path
+from test_faults_train import CFG, train
+train(Path(sys.argv[1]), dataclasses.replace(CFG, select="last"))
+print("not killed")
+"""
+
+
+def test_kill_9_during_a_background_save_while_training_resumes_exactly(tmp_path: Path) -> None:
+    """The 3rd train-state save (step 3 of 4) is killed mid-write on its background thread while
+    the main thread trains on: step 2's state stays readable and the resumed run ends where an
+    uninterrupted one does, bit for bit."""
+    cfg = dataclasses.replace(CFG, select="last")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env |= {"TPT_KILL_AT": "checkpoint.write:3"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+    work = tmp_path / "killed"
+    child = subprocess.run(
+        [sys.executable, "-c", TRAIN_CHILD, str(work)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    _, meta = load_state(work / "state", cfg)
+    assert meta["step"] == 2
+    model, resumed = train(work, cfg)
+    want_model, want = train(tmp_path / "whole", cfg)
+    assert json.dumps(resumed.history) == json.dumps(want.history)
+    assert bits(nnx.state(model, nnx.Param)) == bits(nnx.state(want_model, nnx.Param))

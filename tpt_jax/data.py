@@ -1,9 +1,12 @@
-"""SFT examples and the packed, fixed-shape batches that training consumes (layer 3, NumPy only).
+"""SFT examples and the packed batches that training consumes (layer 3, NumPy only).
 
 An example is (prompt ids, completion ids); the loss covers only the completion. Each optimizer
-step takes `global_batch` examples of a (seed, epoch)-shuffled order, packs them into rows of
-exactly `max_len` tokens, and cuts the rows into microbatches of `micro_batch` rows. Shapes never
-change, so the train step compiles once; only the number of microbatches per step varies.
+step takes `global_batch` examples of a (seed, epoch)-shuffled order and packs them into as few
+computed tokens as it can (`pack_step`): rows of a bucketed length (a multiple of `length_step`, or
+`max_len`), as many rows per microbatch as the token budget `micro_batch * max_len` holds, the
+last microbatch's row count rounded up to a power of two. The shapes come from small sets, so
+the train step compiles a few times, not once per step; the rows a step computes are the rows
+packing produced, not `micro_batch` rows of `max_len` whatever the data.
 
 Row layout of one packed example whose ids are seq = prompt + completion (n tokens, p prompt):
     tokens    seq                         targets   seq[1:], then 0 at the segment's last slot
@@ -11,6 +14,10 @@ Row layout of one packed example whose ids are seq = prompt + completion (n toke
     valid     True on the n slots         loss_mask True at slots p-1 .. n-2, i.e. exactly where
                                                     the target is a completion token
 A segment's last slot predicts nothing: its "next token" would be the next example's first one.
+
+The train step takes the loss positions gathered per row (`Rows.train_arrays`): `loss_index`
+[B, M] (M = the row with most completion tokens, rounded up to a quarter of T), so logits and
+cross-entropy are computed for completion tokens only, never for prompts or padding.
 """
 
 from __future__ import annotations
@@ -156,6 +163,29 @@ class Rows:
             for i in range(0, len(self), size)
         ]
 
+    def train_arrays(self) -> dict[str, np.ndarray]:
+        """What the train step takes: the [B, T] inputs, and per row the slots of its completion
+        tokens (`loss_index` [B, M], their `loss_targets`, `loss_valid` False on filler), M the
+        largest per-row count rounded up to a quarter of T: at most 4 shapes per row shape)."""
+        t = self.tokens.shape[1]
+        counts = self.loss_mask.sum(axis=1)
+        step = max(1, -(-t // 4))
+        m = min(t, max(1, -(-int(counts.max(initial=0)) // step) * step))
+        # Stable sort puts each row's loss slots first, in order; filler points at slot 0.
+        order = np.argsort(~self.loss_mask, axis=1, kind="stable")[:, :m].astype(np.int32)
+        loss_valid = np.arange(m)[None, :] < counts[:, None]
+        loss_index = np.where(loss_valid, order, 0).astype(np.int32)
+        loss_targets = np.where(loss_valid, np.take_along_axis(self.targets, loss_index, 1), 0)
+        return {
+            "tokens": self.tokens,
+            "positions": self.positions,
+            "segments": self.segments,
+            "valid": self.valid,
+            "loss_index": loss_index,
+            "loss_targets": loss_targets.astype(np.int32),
+            "loss_valid": loss_valid,
+        }
+
 
 def pack_rows(examples: Sequence[SFTExample], max_len: int, *, pack: bool = True) -> Rows:
     """Rows of `max_len` tokens: first-fit in example order (each example goes into the first
@@ -201,7 +231,7 @@ def drop_long(examples: Sequence[SFTExample], max_len: int) -> tuple[list[SFTExa
 
 @dataclass(frozen=True)
 class Step:
-    """One optimizer step's data: fixed-shape microbatches and what they hold."""
+    """One optimizer step's data: its microbatches and what they hold."""
 
     epoch: int
     index: int  # within the epoch
@@ -209,6 +239,15 @@ class Step:
     examples: int
     tokens: int  # non-padding tokens
     loss_tokens: int
+
+    @property
+    def computed(self) -> int:
+        """Token slots the step computes (rows x length summed over microbatches)."""
+        return sum(m.tokens.size for m in self.micro)
+
+    @property
+    def pad_fraction(self) -> float:
+        return 1.0 - self.tokens / max(self.computed, 1)
 
 
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
@@ -221,32 +260,82 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
+def row_lengths(max_len: int, longest: int, step: int) -> list[int]:
+    """Candidate row lengths: multiples of `step` from the longest example up, and max_len."""
+    first = -(-longest // step) * step
+    return [*range(first, max_len, step), max_len]
+
+
+def row_counts(limit: int, multiple: int) -> list[int]:
+    """Candidate rows per microbatch: `multiple` times powers of two below `limit`, and `limit`."""
+    counts, n = [], multiple
+    while n < limit:
+        counts.append(n)
+        n *= 2
+    return [*counts, limit]
+
+
+def pack_step(
+    examples: Sequence[SFTExample], cfg: TrainConfig, rows_multiple: int = 1
+) -> list[Rows]:
+    """Microbatches holding `examples` (in order) that compute the fewest token slots.
+
+    For each candidate row length L (`row_lengths`, multiples of `cfg.length_step`): pack
+    first-fit into rows of L, cut them into microbatches of as many rows as the budget
+    `micro_batch * max_len` tokens holds (a multiple of `rows_multiple`, the data-parallel
+    size, so rows always shard evenly), and round
+    the last microbatch up to a candidate row count. Keep the L with the fewest computed slots
+    (then the fewest microbatches). A pure function of its inputs: resuming rebuilds the same
+    batches. Attention memory stays within the plan: rows x L^2 <= micro_batch x max_len^2.
+    """
+    budget = cfg.micro_batch * cfg.max_len
+    best: tuple[tuple[int, int], list[Rows]] | None = None
+    longest = max(len(ex) for ex in examples)
+    for length in row_lengths(cfg.max_len, longest, cfg.length_step):
+        rows = pack_rows(examples, length, pack=cfg.pack)
+        per_micro = max(rows_multiple, budget // length // rows_multiple * rows_multiple)
+        counts = row_counts(per_micro, rows_multiple)
+        micro = []
+        for chunk in rows.chunks(per_micro):
+            size = next(c for c in counts if c >= len(chunk))
+            micro.append(chunk.pad_to_multiple(size))
+        key = (sum(m.tokens.size for m in micro), len(micro))
+        if best is None or key < best[0]:
+            best = (key, micro)
+    assert best is not None
+    return best[1]
+
+
 def epoch_steps(
-    examples: Sequence[SFTExample], cfg: TrainConfig, *, seed: int, epoch: int, start: int = 0
+    examples: Sequence[SFTExample],
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    epoch: int,
+    start: int = 0,
+    rows_multiple: int = 1,
 ) -> Iterator[Step]:
     """The steps of one epoch from step `start` on (resuming skips the others unpacked).
 
-    Every example must fit `cfg.max_len` (see `drop_long`). Rows are padded up to a multiple of
-    `cfg.micro_batch`, so every microbatch has shape [micro_batch, max_len].
+    Every example must fit `cfg.max_len` (see `drop_long`); `pack_step` shapes the microbatches.
     """
     order = epoch_order(len(examples), seed, epoch)
     batch = cfg.global_batch
     for index in range(start, steps_per_epoch(len(examples), batch)):
         chunk = [examples[i] for i in order[index * batch : (index + 1) * batch]]
-        rows = pack_rows(chunk, cfg.max_len, pack=cfg.pack).pad_to_multiple(cfg.micro_batch)
+        micro = pack_step(chunk, cfg, rows_multiple)
         yield Step(
             epoch=epoch,
             index=index,
-            micro=rows.chunks(cfg.micro_batch),
+            micro=micro,
             examples=len(chunk),
-            tokens=int(rows.valid.sum()),
-            loss_tokens=int(rows.loss_mask.sum()),
+            tokens=sum(int(m.valid.sum()) for m in micro),
+            loss_tokens=sum(int(m.loss_mask.sum()) for m in micro),
         )
 
 
-def eval_batches(examples: Sequence[SFTExample], cfg: TrainConfig) -> list[Rows]:
-    """A validation set as fixed-shape microbatches (packed like training, in the given order)."""
-    if not examples:
-        return []
-    rows = pack_rows(examples, cfg.max_len, pack=cfg.pack).pad_to_multiple(cfg.micro_batch)
-    return rows.chunks(cfg.micro_batch)
+def eval_batches(
+    examples: Sequence[SFTExample], cfg: TrainConfig, rows_multiple: int = 1
+) -> list[Rows]:
+    """A validation set as microbatches (packed like a training step, in the given order)."""
+    return pack_step(examples, cfg, rows_multiple) if examples else []

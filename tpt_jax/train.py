@@ -1,12 +1,29 @@
-"""Full-parameter SFT (layer 4): AdamW with linear warmup and cosine decay, mixed precision,
-gradient accumulation over fixed-shape microbatches, validation, best-model selection, and
-resumption that reproduces an uninterrupted run bit for bit.
+"""Full-parameter SFT (layer 4): AdamW with linear warmup and cosine decay, float32 master
+weights under bf16 compute, gradient accumulation over token-budget microbatches, validation,
+best-model selection, and resumption that reproduces an uninterrupted run bit for bit.
 
 One optimizer step = a jitted micro-step per microbatch, adding loss-sum gradients into an
 accumulator, then a jitted apply-step that divides by the step's total number of completion
-tokens and updates. Two jits rather than a `lax.scan` over microbatches: packing makes the
-number of microbatches vary from step to step, and a scan would compile once per count; the
-micro-step sees one shape, [micro_batch, max_len], and compiles once.
+tokens and updates. Two jits rather than a `lax.scan` over microbatches: the number and shapes
+of microbatches vary from step to step (`tpt_jax.data.pack_step` builds them to a token budget
+from a few bucketed shapes, so no step computes padding rows), and each shape compiles once,
+ahead of its first use, timed apart from the steps (`compile_s`).
+
+Precision: master weights and Adam moments are float32 whatever dtype the model was loaded in
+(a bf16-loaded model is cast up on the way in); `train.compute_dtype` is the dtype of the
+forward and backward matmuls only. At the recipe's lr (1e-6) an update is far below half a bf16
+ulp of almost every weight, so bf16 masters would round every step to a no-op. The trained
+model comes back (and is saved) in float32.
+
+The loss takes logits only where it needs them: the final hidden states of completion tokens
+are gathered per row (`loss_index`) and the cross-entropy runs over vocabulary-sized logits in
+chunks that are recomputed in the backward pass (`losses.chunked_cross_entropy`), never as a
+[B, T, V] float32 array. `train.remat` and `train.scan_layers` trade compute for memory and
+compile time (`Transformer.hidden`).
+
+No host stalls in the loop: batches are packed and copied to the device on a thread ahead of
+use; a step's metrics are read after the next step has been dispatched (the device never waits
+for the host's bookkeeping); saves run in the background (`checkpoint.AsyncSaver`).
 
 Validation loss is measured before training too (step 0, logged). `train.select: best_val` (the
 default) picks among the steps after it, as the authors' trainer does (it evaluates every
@@ -32,7 +49,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +64,9 @@ from tpt_jax import checkpoint, faults
 from tpt_jax.config import TrainConfig
 from tpt_jax.data import Rows, SFTExample, drop_long, epoch_steps, eval_batches, steps_per_epoch
 from tpt_jax.errors import TptError
-from tpt_jax.losses import masked_cross_entropy
+from tpt_jax.losses import chunked_cross_entropy
 from tpt_jax.models.transformer import Transformer
+from tpt_jax.prefetch import prefetch
 from tpt_jax.sharding import TRAIN_RULES, batch_sharding, logical_to_spec
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -104,22 +122,39 @@ def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransfor
 
 
 def loss_sums(
-    params: nnx.State, graphdef: nnx.GraphDef, batch: Batch, compute_dtype: Any
+    params: nnx.State,
+    graphdef: nnx.GraphDef,
+    batch: Batch,
+    compute_dtype: Any,
+    remat: str = "none",
+    scan: bool = False,
+    loss_chunk: int = 1024,
 ) -> tuple[jax.Array, jax.Array]:
     """(summed token loss, loss tokens) of packed rows; the forward pass runs on params cast
-    to `compute_dtype`, so gradients arrive in the master dtype through the cast."""
+    to `compute_dtype`, so gradients arrive in the master dtype through the cast.
+
+    `batch` holds `Rows.train_arrays()` (the completion slots gathered per row: logits only
+    there) or plain `Rows.arrays()` (every slot's logits, `loss_mask` selecting; tests)."""
     cast = jax.tree.map(lambda x: x.astype(compute_dtype), params)
     model = nnx.merge(graphdef, cast)
-    logits = model(batch["tokens"], batch["positions"], batch["valid"], batch["segments"])
-    return masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+    hidden = model.hidden(
+        batch["tokens"], batch["positions"], batch["valid"], batch["segments"],
+        remat=remat, scan=scan,
+    )  # fmt: skip
+    if "loss_index" in batch:
+        index, targets, mask = batch["loss_index"], batch["loss_targets"], batch["loss_valid"]
+        hidden = jnp.take_along_axis(hidden, index[..., None].astype(jnp.int32), axis=1)
+    else:
+        targets, mask = batch["targets"], batch["loss_mask"]
+    cap = model.config.final_logit_softcap
+    return chunked_cross_entropy(hidden, model.head(), targets, mask, cap, loss_chunk)
 
 
 # --- compiled steps ---------------------------------------------------------------------------
 
 
-def _micro_step(graphdef, compute_dtype, params, acc, batch):
-    grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
-    (total, count), grads = grad_fn(params, graphdef, batch, compute_dtype)
+def _micro_step(loss_fn, params, acc, batch):
+    (total, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
     return {
         "grads": jax.tree.map(jnp.add, acc["grads"], grads),
         "loss": acc["loss"] + total,
@@ -139,7 +174,10 @@ def _poison(acc):
     }
 
 
-def _apply_step(tx, params, opt_state, acc):
+def _apply_step(tx, schedule, params, opt_state, acc):
+    # The learning rate this update uses, from the optimizer's own count (which skipped steps
+    # do not advance): reported with the step's metrics, so the host never asks for it.
+    lr = schedule(optax.tree_utils.tree_get_all_with_path(opt_state, "count")[0][1])
     # The mean over every completion token of the step, however they were packed or split.
     count = jnp.maximum(acc["tokens"], 1.0)
     grads = jax.tree.map(lambda g: (g.astype(jnp.float32) / count).astype(g.dtype), acc["grads"])
@@ -154,7 +192,7 @@ def _apply_step(tx, params, opt_state, acc):
     keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
     params = jax.tree.map(keep, new_params, params)
     opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "lr": lr}
     return params, opt_state, jax.tree.map(jnp.zeros_like, acc), metrics
 
 
@@ -179,23 +217,30 @@ def _shardings(tree: Any, mesh: Mesh) -> Any:
 
 class _Compiled:
     """The jitted functions of one (model shapes, mesh, config, step count). Reads only the
-    config fields that `_compiled` keys its cache on."""
+    config fields that `_compiled` keys its cache on. Micro-steps compile per batch shape,
+    ahead of first use (`micro_for`), so compile time is measured apart from step time."""
 
     def __init__(self, graphdef, params, mesh: Mesh, cfg: TrainConfig, total_steps: int):
-        self.schedule = jax.jit(lr_schedule(cfg, total_steps))
+        schedule = lr_schedule(cfg, total_steps)
         tx = make_optimizer(cfg, total_steps)
         self.param_sh = _shardings(params, mesh)
         self.opt_sh = _shardings(jax.eval_shape(tx.init, params), mesh)
         scalar = NamedSharding(mesh, PartitionSpec())
         acc_sh = {"grads": self.param_sh, "loss": scalar, "tokens": scalar}
-        rows = batch_sharding(mesh, cfg.micro_batch, 2)
-        batch_sh = {f.name: rows for f in fields(Rows)}
+        # Every microbatch's row count is a multiple of the data-parallel size (pack_step), so
+        # one sharding fits all of them: rows split over (data, fsdp).
+        self.rows_multiple = mesh.shape["data"] * mesh.shape["fsdp"]
+        self.batch_sh = batch_sharding(mesh, self.rows_multiple, 2)
         dtype = COMPUTE_DTYPES[cfg.compute_dtype]
+
+        def loss_fn(p, b):
+            return loss_sums(p, graphdef, b, dtype, cfg.remat, cfg.scan_layers, cfg.loss_chunk)
+
         self.init_opt = jax.jit(tx.init, in_shardings=(self.param_sh,), out_shardings=self.opt_sh)
         self.zero_acc = jax.jit(_zero_acc, in_shardings=(self.param_sh,), out_shardings=acc_sh)
         self.micro = jax.jit(
-            lambda p, a, b: _micro_step(graphdef, dtype, p, a, b),
-            in_shardings=(self.param_sh, acc_sh, batch_sh),
+            lambda p, a, b: _micro_step(loss_fn, p, a, b),
+            in_shardings=(self.param_sh, acc_sh, self.batch_sh),
             out_shardings=acc_sh,
             donate_argnums=1,
         )
@@ -204,15 +249,13 @@ class _Compiled:
             _poison, in_shardings=(acc_sh,), out_shardings=acc_sh, donate_argnums=0
         )
         self.apply = jax.jit(
-            lambda p, o, a: _apply_step(tx, p, o, a),
+            lambda p, o, a: _apply_step(tx, schedule, p, o, a),
             in_shardings=(self.param_sh, self.opt_sh, acc_sh),
             out_shardings=(self.param_sh, self.opt_sh, acc_sh, scalar),
             donate_argnums=(0, 1, 2),
         )
         self.eval = jax.jit(
-            lambda p, b: loss_sums(p, graphdef, b, dtype),
-            in_shardings=(self.param_sh, batch_sh),
-            out_shardings=(scalar, scalar),
+            loss_fn, in_shardings=(self.param_sh, self.batch_sh), out_shardings=(scalar, scalar)
         )
         abstract = {"params": params, "opt": jax.eval_shape(tx.init, params)}
         self.state_target = jax.tree.map(
@@ -220,13 +263,26 @@ class _Compiled:
             abstract,
             {"params": self.param_sh, "opt": self.opt_sh},
         )
+        self._micro: dict[tuple, Any] = {}
+        self.compile_s = 0.0  # seconds spent compiling micro-steps, all shapes so far
 
-    def val_loss(self, params: nnx.State, batches: Sequence[Rows]) -> float:
-        total = count = 0.0
-        for rows in batches:
-            s, n = self.eval(params, rows.arrays())
-            total, count = total + float(s), count + float(n)
-        return total / count
+    def micro_for(self, params, acc, batch: Batch) -> Any:
+        """The micro-step compiled for this batch's shapes (compiling it now if new)."""
+        key = tuple((k, v.shape) for k, v in sorted(batch.items()))
+        if key not in self._micro:
+            began = time.perf_counter()
+            self._micro[key] = self.micro.lower(params, acc, batch).compile()
+            self.compile_s += time.perf_counter() - began
+        return self._micro[key]
+
+    def put(self, rows: Rows) -> Batch:
+        """A microbatch's train arrays on the device, rows split over (data, fsdp)."""
+        return jax.device_put(rows.train_arrays(), self.batch_sh)
+
+    def val_loss(self, params: nnx.State, batches: Sequence[Batch]) -> float:
+        sums = [self.eval(params, batch) for batch in batches]  # dispatched, then read
+        total = sum(float(s) for s, _ in sums)
+        return total / sum(float(n) for _, n in sums)
 
 
 _CACHE: dict[tuple, _Compiled] = {}
@@ -238,7 +294,7 @@ def _compiled(graphdef, params, mesh: Mesh, cfg: TrainConfig, total_steps: int) 
     # `pack` (batches keep their shape) compiles nothing.
     shapes = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params))
     optimizer = (cfg.lr, cfg.warmup_ratio, cfg.weight_decay, cfg.b1, cfg.b2, cfg.eps, cfg.clip)
-    compute = (cfg.micro_batch, cfg.compute_dtype)
+    compute = (cfg.compute_dtype, cfg.remat, cfg.scan_layers, cfg.loss_chunk)
     key = (graphdef, shapes, mesh, optimizer, compute, total_steps)
     if key not in _CACHE:
         if len(_CACHE) >= 4:
@@ -292,11 +348,14 @@ def train(
     per_epoch = steps_per_epoch(len(train_set), cfg.global_batch)
     total = per_epoch * cfg.epochs
     graphdef, params = nnx.split(model, nnx.Param)
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, _master(x.dtype)), params)
     fns = _compiled(graphdef, params, mesh, cfg, total)
-    val_batches = eval_batches(val_set, cfg)
+    params = nnx.state(model, nnx.Param)
+    val_batches = [fns.put(rows) for rows in eval_batches(val_set, cfg, fns.rows_multiple)]
     keep_best = cfg.select in ("best_val", "best_val_or_start") and bool(val_batches)
     start_selectable = cfg.select == "best_val_or_start"
     run_id = _fingerprint(cfg, seed, train_set, val_set)
+    saver = checkpoint.AsyncSaver()
 
     meta = checkpoint.read_train_state_meta(state_dir)
     if meta is not None:
@@ -322,60 +381,85 @@ def train(
         selectable = step > 0 or start_selectable
         if selectable and (meta["best_val_loss"] is None or loss < meta["best_val_loss"]):
             if keep_best:
-                checkpoint.save_checkpoint(nnx.merge(graphdef, params), best_dir)
+                saver.save_checkpoint(nnx.merge(graphdef, params), best_dir)
             meta.update(best_step=step, best_val_loss=loss)
         meta["history"].append({"step": step, "val_loss": loss})
         log({"step": step, "total_steps": total, "val_loss": loss, **_best(meta)})
 
-    if meta["step"] == 0 and val_batches:
-        validate(0)
-    acc = fns.zero_acc(params)
-    step_times: list[float] = []
-    for epoch in range(meta["step"] // per_epoch, cfg.epochs):
-        start = meta["step"] - epoch * per_epoch
-        for batch in epoch_steps(train_set, cfg, seed=seed, epoch=epoch, start=start):
-            began = time.perf_counter()
-            # The optimizer's own step count, which skipped steps do not advance.
-            lr = float(fns.schedule(meta["step"] - meta["nonfinite_skipped"]))
-            for i, rows in enumerate(batch.micro):
-                acc = fns.micro(params, acc, rows.arrays())
-                if i == 0 and meta["step"] + 1 in poisoned:  # fault injection (tests)
-                    acc = fns.poison(acc)
-            params, opt_state, acc, metrics = fns.apply(params, opt_state, acc)
-            meta["step"] += 1
-            step = meta["step"]
-            record = {
-                "step": step,
-                "epoch": epoch,
-                "loss": float(metrics["loss"]),  # waits for the step: the timing below is real
-                "lr": lr,
-                "grad_norm": float(metrics["grad_norm"]),
-                "examples": batch.examples,
-                "tokens": batch.tokens,
-                "loss_tokens": batch.loss_tokens,
+    def batches(epoch: int, start: int):
+        """(step, its microbatches on the device), packed and copied ahead on a thread."""
+        steps = epoch_steps(
+            train_set, cfg, seed=seed, epoch=epoch, start=start, rows_multiple=fns.rows_multiple
+        )
+        return prefetch((step, [fns.put(rows) for rows in step.micro]) for step in steps)
+
+    clock = {"last": time.perf_counter(), "compile": fns.compile_s, "times": []}
+
+    def finish(record: dict[str, Any], metrics: dict[str, jax.Array]) -> None:
+        """Book a dispatched step once its metrics are read (one step late: the next step is
+        already queued on the device, so reading them stalls nothing)."""
+        record["loss"] = float(metrics["loss"])  # waits for the step: the timing below is real
+        record["lr"] = float(metrics["lr"])
+        record["grad_norm"] = float(metrics["grad_norm"])
+        now, compiled = time.perf_counter(), fns.compile_s - clock["compile"]
+        elapsed = max(now - clock["last"] - compiled, 1e-9)
+        clock.update(last=now, compile=fns.compile_s)
+        clock["times"].append(elapsed)
+        if not bool(metrics["finite"]):
+            if cfg.on_nan == "stop":
+                raise TptError(_nonfinite_message(record, total, cfg, state_dir, saved_step))
+            meta["nonfinite_skipped"] += 1
+            record["skipped"] = True
+        meta["history"].append(record)
+        log(
+            {
+                **record,
+                "total_steps": total,
+                "tokens_per_s": record["tokens"] / elapsed,
+                "examples_per_s": record["examples"] / elapsed,
+                "step_s": elapsed,
+                "compile_s": compiled,
+                "eta_s": float(np.mean(clock["times"])) * (total - record["step"]),
+                "nonfinite_skipped": meta["nonfinite_skipped"],
             }
-            if not bool(metrics["finite"]):
-                if cfg.on_nan == "stop":
-                    raise TptError(_nonfinite_message(record, total, cfg, state_dir, saved_step))
-                meta["nonfinite_skipped"] += 1
-                record["skipped"] = True
-            meta["history"].append(record)
-            step_times.append(time.perf_counter() - began)
-            log(
-                {
-                    **record,
-                    "total_steps": total,
-                    "tokens_per_s": batch.tokens / step_times[-1],
-                    "examples_per_s": batch.examples / step_times[-1],
-                    "eta_s": float(np.mean(step_times)) * (total - step),
-                    "nonfinite_skipped": meta["nonfinite_skipped"],
-                }
-            )
-            if step % cfg.eval_every == 0 or step == total:
-                if val_batches:
-                    validate(step)
-                checkpoint.save_train_state(state_dir, {"params": params, "opt": opt_state}, meta)
-                saved_step = step
+        )
+
+    try:
+        if meta["step"] == 0 and val_batches:
+            validate(0)
+        acc = fns.zero_acc(params)
+        pending = None
+        for epoch in range(meta["step"] // per_epoch, cfg.epochs):
+            for batch, micro in batches(epoch, meta["step"] - epoch * per_epoch):
+                for i, arrays in enumerate(micro):
+                    acc = fns.micro_for(params, acc, arrays)(params, acc, arrays)
+                    if i == 0 and meta["step"] + 1 in poisoned:  # fault injection (tests)
+                        acc = fns.poison(acc)
+                params, opt_state, acc, metrics = fns.apply(params, opt_state, acc)
+                meta["step"] += 1
+                step = meta["step"]
+                if pending is not None:
+                    finish(*pending)
+                pending = (
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "examples": batch.examples,
+                        "tokens": batch.tokens,
+                        "loss_tokens": batch.loss_tokens,
+                        "pad_fraction": round(batch.pad_fraction, 6),
+                    },
+                    metrics,
+                )
+                if step % cfg.eval_every == 0 or step == total:
+                    finish(*pending)
+                    pending = None
+                    if val_batches:
+                        validate(step)
+                    saver.save_train_state(state_dir, {"params": params, "opt": opt_state}, meta)
+                    saved_step = step
+    finally:
+        saver.wait()  # every save on disk (or its error raised) before returning or raising
 
     del opt_state, acc  # the optimizer state is on disk; free it before loading a best model
     if keep_best and meta["best_step"] != meta["step"]:
@@ -386,16 +470,23 @@ def train(
     return model, _result(meta, train_set, dropped, val_set, val_dropped)
 
 
+def _master(dtype: Any) -> Any:
+    """The master dtype of a parameter: float32 for any floating dtype."""
+    return jnp.float32 if jnp.issubdtype(dtype, jnp.floating) else dtype
+
+
 def _take(params: nnx.State, shardings: Any) -> nnx.State:
-    """`params` placed on `shardings`, consuming the input so that one copy of the model stays
-    on device: an array already in place is aliased (the first update donates it); any other
-    is copied by a jitted copy (fresh buffers: device_put may share the input's buffers even
-    across layouts) and the original deleted at once, one array at a time."""
+    """`params` as float32 masters placed on `shardings`, consuming the input so that one copy
+    of the model stays on device: a float32 array already in place is aliased (the first update
+    donates it); any other is copied by a jitted cast (fresh buffers: device_put may share the
+    input's buffers even across layouts) and the original deleted at once, one array at a time."""
 
     def one(x: jax.Array, sharding: NamedSharding) -> jax.Array:
-        if x.sharding.is_equivalent_to(sharding, x.ndim):
+        master = _master(x.dtype)
+        if x.dtype == master and x.sharding.is_equivalent_to(sharding, x.ndim):
             return jax.device_put(x, sharding)
-        y = jax.jit(jnp.copy, out_shardings=sharding)(x).block_until_ready()
+        cast = jax.jit(lambda a: a.astype(master), out_shardings=sharding)
+        y = cast(x).block_until_ready()
         x.delete()
         return y
 

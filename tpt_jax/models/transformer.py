@@ -144,10 +144,44 @@ class Transformer(nnx.Module):
             x = x * jnp.asarray(self.config.hidden_size**0.5, dtype=table.dtype)
         return x
 
+    def head(self) -> Float[Array, "V D"]:
+        """The unembedding matrix (the embedding when tied)."""
+        return self.embed_tokens[...] if self.config.tie_embeddings else self.lm_head[...]
+
     def unembed(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
-        head = self.embed_tokens[...] if self.config.tie_embeddings else self.lm_head[...]
-        logits = jnp.einsum("BTD,VD->BTV", self.norm(x), head)
+        logits = jnp.einsum("BTD,VD->BTV", self.norm(x), self.head())
         return softcap(logits.astype(jnp.float32), self.config.final_logit_softcap)
+
+    def hidden(
+        self,
+        tokens: Int[Array, "B T"],
+        positions: Int[Array, "B T"],
+        valid: Bool[Array, "B T"],
+        segments: Int[Array, "B T"] | None = None,
+        *,
+        remat: str = "none",
+        scan: bool = False,
+    ) -> Float[Array, "B T D"]:
+        """The final-normed hidden states that `unembed` would turn into logits (training: the
+        loss gathers the completion positions first). `remat` ("none", "minimal": keep matmul
+        outputs and recompute the rest in the backward pass, "full": keep only each layer's
+        input) and `scan` (one compiled layer body, see `scan_blocks`) change memory and
+        compile time, not the function."""
+        x = self.embed(tokens)
+
+        def block_fn(graphdef: nnx.GraphDef, state: nnx.State, x: Array) -> Array:
+            out, _ = nnx.merge(graphdef, state)(x, positions, valid, None, segments)
+            return out
+
+        if remat != "none":
+            block_fn = jax.checkpoint(block_fn, policy=REMAT_POLICIES[remat], static_argnums=(0,))
+        splits = [nnx.split(block) for block in self.layers]
+        if scan:
+            x = scan_blocks(block_fn, splits, x)
+        else:
+            for graphdef, state in splits:
+                x = block_fn(graphdef, state, x)
+        return self.norm(x)
 
     def __call__(
         self,
@@ -240,6 +274,45 @@ class Transformer(nnx.Module):
             x, cache = block(x, positions, valid, cache)
             out.append(cache)
         return x, out
+
+
+# jax.checkpoint policies by `train.remat` name.
+REMAT_POLICIES = {
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def scan_blocks(block_fn, splits: list[tuple[nnx.GraphDef, nnx.State]], x: Array) -> Array:
+    """`x` through every block with one compiled layer body: `lax.scan` over groups of P layers
+    (P = the period of the layer pattern: 1 for LLaMA, 2 for Gemma 2's local/global layers, 6
+    for Gemma 3's), each group's P blocks unrolled, their weights stacked along a new axis; the
+    layers after the last whole group run unrolled (Gemma 3 1B: 26 = 4 x 6 + 2)."""
+    graphdefs = [g for g, _ in splits]
+    n = len(splits)
+    period = next(
+        p for p in range(1, n + 1) if all(graphdefs[i] == graphdefs[i % p] for i in range(n))
+    )
+    groups = n // period
+    if groups < 2:
+        for graphdef, state in splits:
+            x = block_fn(graphdef, state, x)
+        return x
+    stack = lambda *xs: jnp.stack(xs)  # noqa: E731
+    stacked = [
+        jax.tree.map(stack, *(splits[g * period + j][1] for g in range(groups)))
+        for j in range(period)
+    ]
+
+    def body(x: Array, group: list[nnx.State]) -> tuple[Array, None]:
+        for graphdef, state in zip(graphdefs[:period], group, strict=True):
+            x = block_fn(graphdef, state, x)
+        return x, None
+
+    x, _ = jax.lax.scan(body, x, stacked)
+    for graphdef, state in splits[groups * period :]:
+        x = block_fn(graphdef, state, x)
+    return x
 
 
 def init_model(cfg: ModelConfig, seed: int = 0, dtype: Any = jnp.float32) -> Transformer:
