@@ -128,10 +128,16 @@ def test_sampling_estimate_against_xla():
 
 
 @pytest.mark.parametrize(
-    "mesh, compute",
-    [((1, 1, 1), "float32"), ((1, 8, 1), "bfloat16"), ((1, 2, 4), "float32")],
+    "mesh, compute, remat, scan",
+    [
+        ((1, 1, 1), "float32", "none", False),
+        ((1, 8, 1), "bfloat16", "none", False),
+        ((1, 2, 4), "float32", "none", False),
+        ((1, 1, 1), "float32", "full", True),
+        ((1, 1, 1), "float32", "none", True),
+    ],
 )
-def test_train_estimate_against_xla(mesh, compute):
+def test_train_estimate_against_xla(mesh, compute, remat, scan):
     """TRAIN per device against XLA's buffer assignment of train.py's compiled steps: the
     larger of a micro-step (its arguments, temporaries and non-aliased outputs, plus the Adam
     moments that stay alive beside it) and the apply-step.
@@ -142,7 +148,10 @@ def test_train_estimate_against_xla(mesh, compute):
     239.8 GiB planned against XLA's 239.5 GiB. What is left is XLA's scheduling: which
     activation and gradient buffers happen to share memory."""
     devices = jax.devices()[: math.prod(mesh)]
-    cfg = TrainConfig(micro_batch=8, global_batch=8, max_len=256, compute_dtype=compute)
+    cfg = TrainConfig(
+        micro_batch=8, global_batch=8, max_len=256, compute_dtype=compute, remat=remat,
+        scan_layers=scan,
+    )  # fmt: skip
     graphdef, params = nnx.split(abstract_model(SMALL, jnp.float32), nnx.Param)
     fns = train._Compiled(graphdef, params, make_mesh(mesh, devices), cfg, 10)
     acc = jax.eval_shape(train._zero_acc, params)
@@ -158,8 +167,8 @@ def test_train_estimate_against_xla(mesh, compute):
         apply.argument_size_in_bytes + peak(apply),
     )
     ratio = stage.bytes_per_device / measured
-    print(f"train {mesh} {compute}: plan {stage.bytes_per_device / MiB:.1f} MiB, XLA "
-          f"{measured / MiB:.1f} MiB")  # fmt: skip
+    print(f"train {mesh} {compute} remat {remat} scan {scan}: plan "
+          f"{stage.bytes_per_device / MiB:.1f} MiB, XLA {measured / MiB:.1f} MiB")  # fmt: skip
     assert 0.75 <= ratio <= 1.25, (stage.parts, measured)
 
 

@@ -18,7 +18,7 @@ from tpt_jax.checkpoint import is_checkpoint
 from tpt_jax.config import TrainConfig
 from tpt_jax.data import SFTExample, pack_rows
 from tpt_jax.errors import TptError
-from tpt_jax.losses import masked_cross_entropy
+from tpt_jax.losses import chunked_cross_entropy, masked_cross_entropy
 from tpt_jax.models.config import PRESETS
 from tpt_jax.models.transformer import Transformer, init_model
 from tpt_jax.sharding import make_mesh
@@ -305,3 +305,95 @@ def test_sharded_run_equals_single_device(reference, tmp_path: Path, mesh) -> No
     loss = lambda r: [h.get("loss", h.get("val_loss")) for h in r.history]  # noqa: E731
     np.testing.assert_allclose(loss(sharded), loss(result), rtol=1e-5)
     assert len(model.embed_tokens[...].sharding.device_set) == 8
+
+
+# --- memory-lean loss, remat, scan, precision ----------------------------------------------
+
+
+@pytest.mark.parametrize("cap", [None, 30.0], ids=["plain", "softcap"])
+def test_chunked_cross_entropy_equals_full_logits_values_and_gradients(cap) -> None:
+    rng = np.random.default_rng(4)
+    hidden = jnp.asarray(rng.normal(size=(3, 7, 16)), jnp.float32)
+    head = jnp.asarray(rng.normal(size=(50, 16)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 50, (3, 7)))
+    mask = jnp.asarray(rng.random((3, 7)) < 0.7)
+
+    def full(h, w):
+        logits = jnp.einsum("BTD,VD->BTV", h, w)
+        logits = logits if cap is None else jnp.tanh(logits / cap) * cap
+        return masked_cross_entropy(logits, targets, mask)[0]
+
+    want, want_grads = jax.value_and_grad(full, argnums=(0, 1))(hidden, head)
+    for chunk in (1, 4, 5, 21, 1024):  # 21 = every position in one chunk; 5 pads the last
+
+        def fn(h, w, chunk=chunk):
+            return chunked_cross_entropy(h, w, targets, mask, cap, chunk)[0]
+
+        got, grads = jax.value_and_grad(fn, argnums=(0, 1))(hidden, head)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        for a, b in zip(grads, want_grads, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    _, count = chunked_cross_entropy(hidden, head, targets, mask, cap, 4)
+    assert count == int(mask.sum())
+
+
+@pytest.mark.parametrize("cfg", [LLAMA, GEMMA3], ids=["llama", "gemma3"])
+def test_gathered_loss_equals_the_full_logits_loss(cfg) -> None:
+    """Logits only at completion slots (train_arrays) = every slot's logits with the mask."""
+    graphdef, params = nnx.split(init_model(cfg, seed=2), nnx.Param)
+    rows = pack_rows(EXAMPLES, 16)
+    model = nnx.merge(graphdef, params)
+    logits = model(rows.tokens, rows.positions, rows.valid, rows.segments)
+    want = masked_cross_entropy(logits, rows.targets, rows.loss_mask)
+    loss = lambda p, batch: loss_sums(p, graphdef, batch, jnp.float32, loss_chunk=8)  # noqa: E731
+    grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (full, _), full_grads = grad_fn(params, rows.arrays())
+    (got, count), grads = grad_fn(params, rows.train_arrays())
+    assert rows.train_arrays()["loss_index"].shape[1] < 16  # fewer slots than the row
+    np.testing.assert_allclose([got, full], [want[0], want[0]], rtol=1e-5)
+    assert count == want[1]
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(full_grads), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("remat, scan", [("minimal", False), ("full", True), ("none", True)])
+def test_remat_and_scan_change_nothing_beyond_float_tolerance(
+    reference, tmp_path: Path, remat, scan
+) -> None:
+    params, result = reference
+    model, other = run(tmp_path, dataclasses.replace(CFG, remat=remat, scan_layers=scan))
+    got = params_of(model)
+    for k in params:
+        np.testing.assert_allclose(got[k], params[k], atol=2e-5, rtol=1e-4)
+    loss = lambda r: [h.get("loss", h.get("val_loss")) for h in r.history]  # noqa: E731
+    np.testing.assert_allclose(loss(other), loss(result), rtol=1e-5)
+
+
+def test_a_bf16_loaded_model_learns_at_lr_1e_6_as_float32_training_does(tmp_path: Path) -> None:
+    """100 AdamW steps at the recipe's lr: each moves a weight by ~1e-6, under half a bf16 ulp
+    (2^-9 relative) of nearly every weight, so bf16 masters would stay put. Training keeps
+    float32 masters whatever the model was loaded in: the bf16-loaded model ends exactly where
+    the same weights loaded in float32 end."""
+    cfg = TrainConfig(
+        lr=1e-6, warmup_ratio=0.0, global_batch=4, micro_batch=2, max_len=16, epochs=50,
+        eval_every=1000, compute_dtype="float32", select="last",
+    )  # fmt: skip
+    bf16 = init_model(LLAMA, seed=1, dtype=jnp.bfloat16)
+    start = params_of(bf16)  # bfloat16 values
+    f32 = init_model(LLAMA, seed=1, dtype=jnp.bfloat16)  # the same values, loaded as float32
+    nnx.update(f32, jax.tree.map(lambda x: x.astype(jnp.float32), nnx.state(f32)))
+    trained_bf16, result = run(tmp_path / "bf16", cfg, val=[], model=bf16)
+    trained_f32, _ = run(tmp_path / "f32", cfg, val=[], model=f32)
+    assert result.steps == 100
+    got, want = params_of(trained_bf16), params_of(trained_f32)
+    assert {v.dtype for v in got.values()} == {np.dtype(np.float32)}
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    w0 = start[("layers", 0, "mlp", "up_proj")].astype(np.float32)
+    w1 = got[("layers", 0, "mlp", "up_proj")]
+    moved = np.abs(w1 - w0)
+    assert np.median(moved) > 3e-5  # ~100 steps x lr: the weights learned
+    # ... one step at a time: a single step's update rounds away in bf16 for almost every
+    # weight, so bf16 masters would not have moved at all.
+    one_step = (w0 + (w1 - w0) / 100).astype(jnp.bfloat16).astype(np.float32) == w0
+    assert one_step.mean() > 0.95

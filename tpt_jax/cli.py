@@ -402,6 +402,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         jax.distributed.initialize()
 
+    if args.fn not in (_plan, _info):  # commands that compile: reuse programs across runs
+        from tpt_jax import compile_cache
+
+        compile_cache.enable()
     try:
         args.fn(args)
     except (TptError, KeyError, OSError) as e:

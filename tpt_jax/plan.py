@@ -261,7 +261,8 @@ def sampling_stage(
 def train_stage(cfg: ModelConfig, run: RunConfig, devices: Devices) -> Stage:
     """TRAIN's peak on one device: the larger of a micro-step (weights, accumulator, moments,
     compute-dtype weights, activations, logits) and the apply-step (the AdamW update)."""
-    t, master, compute = run.train, jnp.dtype(run.model.dtype), jnp.dtype(run.train.compute_dtype)
+    # Master weights and Adam moments are float32 whatever model.dtype says (train.py).
+    t, master, compute = run.train, jnp.dtype(jnp.float32), jnp.dtype(run.train.compute_dtype)
     weights = weight_bytes(cfg, devices, TRAIN_RULES, master)
     state = {"weights": weights, "gradients": weights, "optimizer": 2 * weights}  # mu and nu
     rows = split_size(t.micro_batch, devices, "batch")
@@ -270,15 +271,23 @@ def train_stage(cfg: ModelConfig, run: RunConfig, devices: Devices) -> Stage:
     # XLA:CPU runs bf16 arithmetic in float32 and keeps float32 activations (measured); GPUs
     # and TPUs keep them in the compute dtype. Scores and logits are float32 everywhere.
     act = 4 if devices.platform == "cpu" else compute.itemsize
-    micro["activations"] = cfg.num_layers * (
+    layer = (
         tokens * act * _activation_values_per_token(cfg, devices)
         + (SCORE_COPIES[math.prod(devices.mesh) > 1] + bool(cfg.attn_logit_softcap))
         * rows * split_size(cfg.num_heads, devices, "q_heads") * t.max_len**2 * 4
     )  # fmt: skip
-    micro["logits"] = _logit_bytes(cfg, devices, t.micro_batch, t.max_len, compute)
+    # With remat "full" each layer keeps only its input and one layer's activations are
+    # rebuilt at a time; XLA honours that inside a scanned layer body (measured on XLA:CPU:
+    # 855 -> 335 MiB of temporaries), not across unrolled layers (755 -> 707 MiB), so only
+    # scan_layers + full is planned smaller. "minimal" keeps the matmul outputs: planned as none.
+    if t.remat == "full" and t.scan_layers:
+        micro["activations"] = cfg.num_layers * tokens * act * cfg.hidden_size + layer
+    else:
+        micro["activations"] = cfg.num_layers * layer
+    micro["logits"] = _logit_bytes(cfg, devices, t.micro_batch, t.max_len, t.loss_chunk)
     apply = {**state, "update_workspace": int(UPDATE_COPIES * weights)}
     parts = max(micro, apply, key=lambda p: sum(p.values()))
-    details = {"compute_dtype": t.compute_dtype, "master_dtype": run.model.dtype}
+    details = {"compute_dtype": t.compute_dtype, "master_dtype": "float32"}
     details |= {"micro_batch": t.micro_batch, "max_len": t.max_len, "tokens_per_device": tokens}
     return Stage("train", parts, weights, devices.memory, details)
 
@@ -306,19 +315,17 @@ def _table(cfg: ModelConfig, devices: Devices) -> int:
     return split_size(cfg.vocab_size, devices, "vocab") * cfg.hidden_size
 
 
-def _logit_bytes(cfg: ModelConfig, devices: Devices, batch: int, length: int, compute) -> int:
-    """Float32 logits in the loss and its gradient, the bf16 logits they are cast from, and
-    the float32 gradient of the unembedding table. With the table split over fsdp, GSPMD
-    unembeds the whole batch of a data shard and reduce-scatters the result: every row's
-    logits sit on every device (and the cast fuses away)."""
+def _logit_bytes(cfg: ModelConfig, devices: Devices, batch: int, length: int, chunk: int) -> int:
+    """The loss's float32 logits, one chunk of `chunk` positions at a time (the chunked
+    cross-entropy never holds more), in the loss and its gradient, and the float32 gradient of
+    the unembedding table. With the table split over fsdp, GSPMD unembeds the whole batch of a
+    data shard: a chunk's logits sit on every device."""
     data, fsdp, tensor = devices.mesh
     unembed = dataclasses.replace(devices, mesh=(data, 1, tensor)) if fsdp > 1 else devices
-    values = (
-        split_size(batch, unembed, "batch") * length * split_size(cfg.vocab_size, devices, "vocab")
-    )
-    cast = values * compute.itemsize if compute.itemsize == 2 and fsdp == 1 else 0
+    positions = min(chunk, split_size(batch, unembed, "batch") * length)
+    values = positions * split_size(cfg.vocab_size, devices, "vocab")
     copies = TRAIN_LOGIT_COPIES + bool(cfg.final_logit_softcap)
-    return copies * values * 4 + cast + _table(cfg, devices) * 4
+    return copies * values * 4 + _table(cfg, devices) * 4
 
 
 def _activation_values_per_token(cfg: ModelConfig, mesh: Any) -> int:

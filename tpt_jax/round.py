@@ -350,7 +350,8 @@ class Run:
             return {"model": self.model_path(r - 1), "carried": True}
         cfg = self.config.train
         start = 0 if cfg.init == "base" else r - 1
-        handle = self.model_for(start, rules=TRAIN_RULES)
+        # Loaded straight into float32 masters (train.py's rule), never through a bf16 copy.
+        handle = self.model_for(start, rules=TRAIN_RULES, dtype="float32")
         problems = {p.id: p for p in self.problems("train")}
         sets: dict[str, list] = {"train": [], "val": []}
         for t in selected:
@@ -368,6 +369,9 @@ class Run:
             self.metrics.write(f"train/round_{r}", int(record.get("step", 0)), **fields)
             if "loss" in record:
                 text = f"loss {record['loss']:.3f} {record.get('tokens_per_s', 0):.0f} tok/s"
+                text += f" pad {record.get('pad_fraction', 0):.0%}"
+                if record.get("compile_s"):
+                    text += f" (+{record['compile_s']:.0f}s compiling)"
                 if not bar:  # the first step (compilation) or a resume point starts the clock
                     bar.append(
                         Progress("train", record["total_steps"], "steps", initial=record["step"])
@@ -433,11 +437,13 @@ class Run:
             return self.config.model.path
         return read_json(self.round_dir(r) / "train" / "DONE.json")["model"]
 
-    def model_for(self, r: int, rules=None, sampling: bool = False) -> ModelHandle:
-        """Round r's model: in the master dtype (TRAIN, export), or for sampling (THINK, EVAL)
-        in engine.dtype, loaded directly in that dtype so no second copy is ever made."""
+    def model_for(
+        self, r: int, rules=None, sampling: bool = False, dtype: str | None = None
+    ) -> ModelHandle:
+        """Round r's model: in `dtype` (TRAIN: float32), model.dtype (export), or for sampling
+        (THINK, EVAL) in engine.dtype, loaded directly in that dtype so no second copy is made."""
         path = self.model_path(r)
-        dtype = self.sampling_dtype() if sampling else self.config.model.dtype
+        dtype = dtype or (self.sampling_dtype() if sampling else self.config.model.dtype)
         key = f"{path}|{rules is not None}|{dtype}"
         if self._handle is None or self._handle[0] != key:
             self._handle = None  # free the old weights before loading new ones

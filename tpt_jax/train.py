@@ -44,12 +44,13 @@ its last train state with `on_nan: skip`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,10 @@ class TrainResult:
     final_loss: float | None  # train loss of the last step
     history: tuple[dict[str, Any], ...]  # per step: loss, lr, grad_norm, ...; val_loss entries
     nonfinite_skipped: int = 0  # steps left out for a NaN/Inf loss or gradient (on_nan: skip)
+    # Seconds compiling micro-steps in this call (0 where the persistent cache had them), and
+    # the mean computed-slot padding of the steps; not part of a run's identity.
+    compile_s: float = field(default=0.0, compare=False)
+    pad_fraction: float | None = field(default=None, compare=False)
 
 
 def lr_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
@@ -350,6 +355,7 @@ def train(
     graphdef, params = nnx.split(model, nnx.Param)
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, _master(x.dtype)), params)
     fns = _compiled(graphdef, params, mesh, cfg, total)
+    compile_start = fns.compile_s
     params = nnx.state(model, nnx.Param)
     val_batches = [fns.put(rows) for rows in eval_batches(val_set, cfg, fns.rows_multiple)]
     keep_best = cfg.select in ("best_val", "best_val_or_start") and bool(val_batches)
@@ -467,7 +473,8 @@ def train(
         model = checkpoint.load_checkpoint(best_dir, mesh=mesh, rules=TRAIN_RULES)
     else:
         model = nnx.merge(graphdef, params)
-    return model, _result(meta, train_set, dropped, val_set, val_dropped)
+    result = _result(meta, train_set, dropped, val_set, val_dropped)
+    return model, dataclasses.replace(result, compile_s=round(fns.compile_s - compile_start, 3))
 
 
 def _master(dtype: Any) -> Any:
@@ -533,6 +540,7 @@ def _result(
     val_dropped: int,
 ) -> TrainResult:
     steps = [h for h in meta["history"] if "loss" in h and not h.get("skipped")]
+    pads = [h["pad_fraction"] for h in steps if "pad_fraction" in h]
     return TrainResult(
         steps=meta["step"],
         examples=len(train_set),
@@ -544,6 +552,7 @@ def _result(
         final_loss=steps[-1]["loss"] if steps else None,
         history=tuple(meta["history"]),
         nonfinite_skipped=meta["nonfinite_skipped"],
+        pad_fraction=round(float(np.mean(pads)), 4) if pads else None,
         **_best(meta),
     )
 
