@@ -19,6 +19,7 @@ from tpt_jax.config import TrainConfig
 from tpt_jax.data import SFTExample, pack_rows
 from tpt_jax.errors import TptError
 from tpt_jax.losses import chunked_cross_entropy, masked_cross_entropy
+from tpt_jax.models.attention import self_attention_kernel
 from tpt_jax.models.config import PRESETS
 from tpt_jax.models.transformer import Transformer, init_model
 from tpt_jax.sharding import make_mesh
@@ -397,3 +398,34 @@ def test_a_bf16_loaded_model_learns_at_lr_1e_6_as_float32_training_does(tmp_path
     # weight, so bf16 masters would not have moved at all.
     one_step = (w0 + (w1 - w0) / 100).astype(jnp.bfloat16).astype(np.float32) == w0
     assert one_step.mean() > 0.95
+
+
+GEMMA2 = PRESETS["gemma2-2b"].replace(
+    **TINY, num_kv_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=5,
+    layer_types=("sliding_attention", "full_attention"),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("cfg", [LLAMA, GEMMA2], ids=["llama", "gemma2-softcap-window"])
+def test_splash_attention_equals_the_xla_reference_on_packed_rows(cfg) -> None:
+    """The TPU kernel (Pallas splash attention, interpreted on CPU) against `attend`: the
+    loss and gradients of packed rows with segment ids, Gemma 2's soft-cap and local window."""
+    assert cfg.attn_logit_softcap or cfg is LLAMA
+    graphdef, params = nnx.split(init_model(cfg, seed=5), nnx.Param)
+    rng = np.random.default_rng(5)
+    examples = [
+        SFTExample(tuple(rng.integers(1, 64, 3).tolist()), tuple(rng.integers(1, 64, n).tolist()))
+        for n in (40, 17, 50, 9, 60, 33)
+    ]
+    rows = pack_rows(examples, 128).train_arrays()  # 2 rows of 128, several segments each
+    results = []
+    for kernel in ("xla", "splash_interpret"):
+        loss = lambda p: loss_sums(p, graphdef, rows, jnp.float32)[0]  # noqa: E731
+        with self_attention_kernel(kernel):
+            results.append(jax.jit(jax.value_and_grad(loss))(params))
+            ran = "pallas_call" in str(jax.make_jaxpr(loss)(params))
+        assert ran == (kernel != "xla")  # the kernel asked for is the one that ran
+    (want, want_grads), (got, grads) = results
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)

@@ -14,7 +14,10 @@ projection layout XLA transposes the whole cache every step. Measured on a 2-cor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +70,115 @@ def attend(
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
     return out.reshape(b, t, n, h)
+
+
+# The kernel for self-attention without a cache (training, scoring): "xla" (`attend`, the
+# tested reference), "splash" (Pallas splash attention, TPU), "splash_interpret" (the same
+# kernel interpreted: CPU tests), or None = by platform. Read while tracing.
+_SELF_ATTENTION_KERNEL: str | None = None
+
+
+@contextlib.contextmanager
+def self_attention_kernel(name: str | None) -> Iterator[None]:
+    """Force a kernel for `self_attend` while tracing inside this block (tests, benchmarks)."""
+    global _SELF_ATTENTION_KERNEL
+    old, _SELF_ATTENTION_KERNEL = _SELF_ATTENTION_KERNEL, name
+    try:
+        yield
+    finally:
+        _SELF_ATTENTION_KERNEL = old
+
+
+def self_attend(
+    q: Float[Array, "B T N H"],
+    k: Float[Array, "B T K H"],
+    v: Float[Array, "B T K H"],
+    positions: Int[Array, "B T"],
+    valid: Bool[Array, "B T"],
+    segments: Int[Array, "B T"] | None,
+    window: int | None,
+    scale: float,
+    cap: float | None,
+) -> Float[Array, "B T N H"]:
+    """Attention of T tokens over themselves: packed training rows (`segments`) or left-padded
+    rows (`valid`). On TPU, splash attention (fused, segment ids, soft-cap, local windows: the
+    T x T scores never reach HBM) where T is a multiple of its 128-wide blocks; elsewhere, or
+    for other lengths, `attend` with a position mask.
+
+    Splash masks by column, `attend` by position: the same thing here, because a segment's (or
+    a left-padded row's) tokens are contiguous with positions rising by one per column. On GPU
+    the XLA path is used for packed rows: cuDNN's fused attention takes no segment ids through
+    `jax.nn.dot_product_attention` (packed sequences need its private ragged-offset API)."""
+    kernel = _SELF_ATTENTION_KERNEL
+    if kernel is None:
+        kernel = "splash" if jax.devices()[0].platform == "tpu" else "xla"
+    if kernel.startswith("splash") and q.shape[1] % SPLASH_BLOCK == 0:
+        ids = (segments if segments is not None else valid).astype(jnp.int32)
+        return splash_attend(
+            q, k, v, ids, window, scale, cap, interpret=kernel == "splash_interpret"
+        )
+    mask = attention_mask(positions, positions, valid, window, segments)
+    return attend(q, k, v, mask, scale, cap)
+
+
+SPLASH_BLOCK = 128
+
+
+@functools.lru_cache(maxsize=64)
+def _splash_kernel(length: int, group: int, window: int | None, cap: float | None, interpret: bool):
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as splash,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as masks,
+    )
+
+    shape = (length, length)
+    one = masks.CausalMask(shape) if window is None else masks.LocalMask(shape, (window - 1, 0), 0)
+    block = min(512, length) if length % min(512, length) == 0 else SPLASH_BLOCK
+    sizes = splash.BlockSizes(
+        block_q=block, block_kv=block, block_kv_compute=block,
+        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+        block_q_dq=block, block_kv_dq=block,
+    )  # fmt: skip
+    return splash.make_splash_mqa_single_device(
+        masks.MultiHeadMask([one] * group),
+        block_sizes=sizes,
+        attn_logits_soft_cap=cap,
+        interpret=interpret,
+    )
+
+
+def splash_attend(
+    q: Float[Array, "B T N H"],
+    k: Float[Array, "B T K H"],
+    v: Float[Array, "B T K H"],
+    segment_ids: Int[Array, "B T"],
+    window: int | None,
+    scale: float,
+    cap: float | None,
+    *,
+    interpret: bool = False,
+) -> Float[Array, "B T N H"]:
+    """Splash attention per (row, KV head): the G query heads of a group share one K/V (the
+    MQA form of the kernel, as MaxText runs GQA). The scale goes into the queries (the kernel
+    has none); the soft-cap is the kernel's own, applied to the scaled scores as `attend` does."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as splash,
+    )
+
+    b, t, n, h = q.shape
+    kv = k.shape[2]
+    kernel = _splash_kernel(t, n // kv, window, cap, interpret)
+    qg = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4)
+    kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, H]
+
+    def one(q1, k1, v1, ids):  # [G, T, H], [T, H], [T, H], [T]
+        return kernel(q1, k1, v1, segment_ids=splash.SegmentIds(q=ids, kv=ids))
+
+    per_head = jax.vmap(one, in_axes=(0, 0, 0, None))  # over KV heads
+    out = jax.vmap(per_head)(qg, kt, vt, segment_ids)  # over rows: [B, K, G, T, H]
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(q.dtype)
 
 
 @jax.tree_util.register_dataclass

@@ -18,8 +18,7 @@ from tpt_jax.models.attention import (
     LayerCache,
     PrefillCache,
     SlotCache,
-    attend,
-    attention_mask,
+    self_attend,
 )
 from tpt_jax.models.config import ModelConfig, RopeScaling
 
@@ -130,8 +129,10 @@ class Attention(nnx.Module):
         """
         q, k, v = self.project_qkv(x, positions)
         if cache is None:
-            mask = attention_mask(positions, positions, valid, self.window, segments)
-            return self.output(attend(q, k, v, mask, self.scale, self.cap)), None
+            out = self_attend(
+                q, k, v, positions, valid, segments, self.window, self.scale, self.cap
+            )
+            return self.output(out), None
         cache = cache.write(k, v)
         return self.output(cache.attend(q, positions, self.window, self.scale, self.cap)), cache
 
