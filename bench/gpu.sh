@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of issue 9 in one call on a lent H200 (or any CUDA GPU):
+# The GPU figures of issues 9 and 11 in one call on a lent H200 (or any CUDA GPU):
 #   bash bench/gpu.sh "$OUT"       (results as JSON and logs under $OUT)
 # Runs from a checkout whose venv has the `gpu` set-up, or on an image with jax, flax, optax,
 # orbax, transformers and torch installed (then with PYTHONPATH=.). JAX and torch share the card,
@@ -21,3 +21,10 @@ $PY bench/sampling.py --model smollm2 --workload think,fixed --batch-sizes 32,25
 $PY -m tpt_jax.cli plan bench/configs/gemma2_2b_round0_eval.yaml --json > "$OUT/plan.json"
 /usr/bin/time -v $PY -m tpt_jax.cli run bench/configs/gemma2_2b_round0_eval.yaml \
   --run-dir "$OUT/gemma2_2b_round0" 2>&1 | tail -40 | tee "$OUT/round0_eval.log"
+# 4. Training steps (issue 11): Gemma-2-2B at 8 x 1024 and Llama-3.2-1B at 8 x 1024 against
+#    transformers + torch AdamW (float32 masters, bf16 autocast), and SmolLM2-135M at 8 x 512.
+for spec in "gemma2-2b 1024" "llama3.2-1b 1024" "smollm2-135m 512"; do
+  set -- $spec
+  $PY bench/train_step.py --preset "$1" --batch 8 --seq "$2" --steps 8 --warmup 3 \
+    --baseline torch --out "$OUT/train_step-$1.json" 2>&1 | tail -30 | tee "$OUT/train_step-$1.log"
+done

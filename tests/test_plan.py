@@ -229,10 +229,10 @@ def plan_for(name: str, kind: str, count: int, *overrides: str) -> plan.Plan:
 
 def test_known_answers():
     # Gemma-2-2B samples on one H200 with the engine's full 512 slots. Its TRAIN step at
-    # micro_batch 8 x 1600 tokens does not fit: without rematerialization the step keeps 26
-    # layers of float32 [8, 8, 1600, 1600] attention scores (~64 GiB) and float32
-    # [8, 1600, 256000] logits (~49 GiB); XLA:CPU's own count for it is 239 GiB. Halving the
-    # micro-batch fits, the plan says so, and the shipped config does it (global batch still 8).
+    # micro_batch 8 x 1600 tokens (the worst case: every example 1600 tokens) does not fit:
+    # without rematerialization the step keeps 26 layers of float32 [8, 8, 1600, 1600]
+    # attention scores (~64 GiB). Halving the micro-batch fits, the plan says so, and the
+    # shipped config does it (global batch still 8).
     eight = plan_for("gemma2_2b_gsm8k.yaml", "h200", 1, "train.micro_batch=8")
     assert eight.stages["think"].fits and eight.stages["think"].details["slots"] == 512
     assert not eight.stages["train"].fits
