@@ -349,6 +349,8 @@ TIME_FIELDS = {
     "samples_per_s",
     "examples_per_s",
     "eta_s",
+    "step_s",
+    "compile_s",
 }
 
 

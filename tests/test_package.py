@@ -28,6 +28,8 @@ LAYERS = {  # DESIGN.md's module map
     "tpt_jax.faults": 0,
     "tpt_jax.stats": 0,
     "tpt_jax.stages": 0,
+    "tpt_jax.prefetch": 0,
+    "tpt_jax.compile_cache": 0,
     "tpt_jax.losses": 1,
     "tpt_jax.sharding": 1,
     "tpt_jax.memory": 1,
