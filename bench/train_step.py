@@ -72,7 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gsm8k", default="../shared/data/gsm8k", help="recipe: GSM8K directory")
     p.add_argument("--before", default=None, help="recipe: an older checkout to compare with")
     p.add_argument("--out", default=None)
+    p.add_argument("--before-micro-batch", type=int, default=8, help="recipe: the older run's")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -188,10 +190,13 @@ def full_row(args, device) -> dict:
     row = {"workload": "full", "preset": args.preset, "batch": args.batch, "seq": args.seq}
     row |= {"compute_dtype": dtype, "remat": args.remat, "scan_layers": args.scan}
     torch_times = None
-    if args.baseline == "torch":  # first, while the weights are still the initial ones
-        torch_times, row["torch_info"] = torch_steps(
-            model, examples, args.batch, args.seq, args.torch_threads
-        )
+    if args.baseline == "torch":  # in a process of its own: the two never share memory
+        cmd = [sys.executable, __file__, "--torch-child", "--preset", args.preset]
+        cmd += ["--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps)]
+        if args.torch_threads:
+            cmd += ["--torch-threads", str(args.torch_threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        torch_times, row["torch_info"] = json.loads(out.stdout.strip().splitlines()[-1])
     tpt = summarize(tpt_steps(model, examples, train_cfg), args.warmup)
     row |= {f"tpt_{k}": v for k, v in tpt.items() if k != "losses"}
     row["pad_fraction"] = tpt["pad_fraction"]
@@ -225,8 +230,9 @@ def recipe_examples(gsm8k: Path, count: int) -> list[SFTExample]:
 def recipe_records(args) -> dict:
     """The recipe workload on the code this process imports: summary of its steps."""
     examples = recipe_examples(Path(args.gsm8k), 8 * args.steps)
+    micro = args.before_micro_batch if args.child else 8
     train_cfg = TrainConfig(
-        lr=1e-6, global_batch=8, micro_batch=8, max_len=1600, epochs=1, eval_every=10**9,
+        lr=1e-6, global_batch=8, micro_batch=micro, max_len=1600, epochs=1, eval_every=10**9,
         compute_dtype=args.compute_dtype or "float32", select="last",
     )  # fmt: skip
     model = init_model(preset(args.preset), seed=0)
@@ -242,6 +248,8 @@ def recipe_row(args, device) -> dict:
         cmd = [sys.executable, __file__, "--child", "--workload", "recipe"]
         cmd += ["--preset", args.preset, "--steps", str(args.steps), "--warmup", str(args.warmup)]
         cmd += ["--gsm8k", str(Path(args.gsm8k).resolve())]
+        cmd += ["--before-micro-batch", str(args.before_micro_batch)]
+        row["before_micro_batch"] = args.before_micro_batch
         if args.compute_dtype:
             cmd += ["--compute-dtype", args.compute_dtype]
         env = {**os.environ, "PYTHONPATH": str(Path(args.before).resolve())}
@@ -283,6 +291,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.child:  # the --before side of the recipe workload: one JSON line
         print(json.dumps(recipe_records(args)))
+        return
+    if args.torch_child:  # the torch baseline of the full workload: one JSON line
+        cfg = preset(args.preset)  # the same seed-0 weights as the tpt_jax side
+        examples = full_examples(cfg, args.batch, args.seq, args.steps)
+        times = torch_steps(init_model(cfg, seed=0), examples, args.batch, args.seq,
+                            args.torch_threads)  # fmt: skip
+        print(json.dumps(times))
         return
     if args.baseline == "torch":  # read when JAX first touches the GPU
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

@@ -169,7 +169,9 @@ class TrainConfig:
     # full (keep each layer's input only). Memory for compute; the same function.
     remat: str = "none"
     scan_layers: bool = False  # one compiled layer body (lax.scan): compile time flat in depth
-    loss_chunk: int = 1024  # completion tokens per chunk of vocabulary-sized logits in the loss
+    # Completion tokens per chunk of vocabulary-sized logits in the loss (None: as many as
+    # 1 GiB of float32 logits hold; losses.default_chunk).
+    loss_chunk: int | None = None
     eval_every: int = 50  # steps between validation losses (and resumable train states)
     # best_val: lowest validation loss after step 0 (the authors' trainer never picks the
     # untrained model); best_val_or_start: step 0 too (a harmful round returns its input); last
@@ -190,12 +192,13 @@ class TrainConfig:
             "epochs",
             "eval_every",
             "length_step",
-            "loss_chunk",
         ):
             _at_least(f"train.{key}", getattr(self, key), 1)
         _at_least("train.max_len", self.max_len, 2)
         _choice("train.compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
         _choice("train.remat", self.remat, ("none", "minimal", "full"))
+        if self.loss_chunk is not None:
+            _at_least("train.loss_chunk", self.loss_chunk, 1)
         _choice("train.select", self.select, ("best_val", "best_val_or_start", "last"))
         _choice("train.init", self.init, ("previous", "base"))
         _choice("train.on_nan", self.on_nan, ("stop", "skip"))

@@ -39,26 +39,27 @@ def chunked_cross_entropy(
     targets: Int[Array, "B M"],
     mask: Bool[Array, "B M"],
     cap: float | None = None,
-    chunk: int = 1024,
+    chunk: int | None = None,
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """`masked_cross_entropy` of the logits `softcap(hidden @ head.T, cap)`, without ever
     holding them: a scan over chunks of `chunk` positions (rows x slots flattened), each chunk's
     logits [chunk, V] formed in float32 (float32 accumulation of `hidden`'s dtype) and, by
     `jax.checkpoint`, formed again in the backward pass instead of being kept. Peak logit memory
     is chunk x V x 4 bytes whatever B x M is (1024 x 256k: 1 GiB, against 13 GB for the
-    [8, 1600, 256k] float32 logits of a Gemma microbatch)."""
+    [8, 1600, 256k] float32 logits of a Gemma microbatch). `chunk` None: `default_chunk`.
+    When one chunk holds every position there is nothing to save by recomputing: the logits are
+    formed once and kept for the backward pass, as an unchunked loss would."""
     d = hidden.shape[-1]
     flat_h = hidden.reshape(-1, d)
     flat_t, flat_m = targets.reshape(-1), mask.reshape(-1)
     n = flat_h.shape[0]
-    chunk = max(1, min(chunk, n))
+    chunk = max(1, min(chunk or default_chunk(head.shape[0]), n))
     pad = -n % chunk
     if pad:  # filler positions are masked out
         flat_h = jnp.pad(flat_h, ((0, pad), (0, 0)))
         flat_t, flat_m = jnp.pad(flat_t, (0, pad)), jnp.pad(flat_m, (0, pad))
     steps = (n + pad) // chunk
 
-    @jax.checkpoint
     def one(h: Array, t: Array, m: Array) -> Array:
         logits = jnp.einsum("ND,VD->NV", h, head, preferred_element_type=jnp.float32)
         if cap is not None:
@@ -66,8 +67,12 @@ def chunked_cross_entropy(
         total, _ = masked_cross_entropy(logits, t, m)
         return total
 
+    if steps == 1:
+        return one(flat_h, flat_t, flat_m), jnp.sum(flat_m, dtype=jnp.float32)
+    recomputed = jax.checkpoint(one)
+
     def body(total: Array, xs: tuple[Array, Array, Array]) -> tuple[Array, None]:
-        return total + one(*xs), None
+        return total + recomputed(*xs), None
 
     xs = (
         flat_h.reshape(steps, chunk, d),
@@ -76,3 +81,12 @@ def chunked_cross_entropy(
     )
     total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)
     return total, jnp.sum(flat_m, dtype=jnp.float32)
+
+
+LOGIT_CHUNK_BYTES = 2**30  # float32 logits of one chunk: 1 GiB
+
+
+def default_chunk(vocab: int) -> int:
+    """Positions per chunk: as many as LOGIT_CHUNK_BYTES of float32 logits hold, a multiple of
+    128 (SmolLM2's 49k vocabulary: 5,376; Llama 3's 128k: 2,048; Gemma's 256k: 1,024)."""
+    return max(128, LOGIT_CHUNK_BYTES // (vocab * 4) // 128 * 128)

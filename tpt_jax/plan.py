@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from tpt_jax.config import RunConfig
 from tpt_jax.errors import TptError
+from tpt_jax.losses import default_chunk
 from tpt_jax.memory import (
     HEADROOM,
     GiB,
@@ -315,13 +316,16 @@ def _table(cfg: ModelConfig, devices: Devices) -> int:
     return split_size(cfg.vocab_size, devices, "vocab") * cfg.hidden_size
 
 
-def _logit_bytes(cfg: ModelConfig, devices: Devices, batch: int, length: int, chunk: int) -> int:
+def _logit_bytes(
+    cfg: ModelConfig, devices: Devices, batch: int, length: int, chunk: int | None
+) -> int:
     """The loss's float32 logits, one chunk of `chunk` positions at a time (the chunked
     cross-entropy never holds more), in the loss and its gradient, and the float32 gradient of
     the unembedding table. With the table split over fsdp, GSPMD unembeds the whole batch of a
     data shard: a chunk's logits sit on every device."""
     data, fsdp, tensor = devices.mesh
     unembed = dataclasses.replace(devices, mesh=(data, 1, tensor)) if fsdp > 1 else devices
+    chunk = chunk or default_chunk(cfg.vocab_size)
     positions = min(chunk, split_size(batch, unembed, "batch") * length)
     values = positions * split_size(cfg.vocab_size, devices, "vocab")
     copies = TRAIN_LOGIT_COPIES + bool(cfg.final_logit_softcap)

@@ -133,7 +133,7 @@ def loss_sums(
     compute_dtype: Any,
     remat: str = "none",
     scan: bool = False,
-    loss_chunk: int = 1024,
+    loss_chunk: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """(summed token loss, loss tokens) of packed rows; the forward pass runs on params cast
     to `compute_dtype`, so gradients arrive in the master dtype through the cast.
