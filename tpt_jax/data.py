@@ -283,8 +283,8 @@ def pack_step(
     For each candidate row length L (`row_lengths`, multiples of `cfg.length_step`): pack
     first-fit into rows of L, cut them into microbatches of as many rows as the budget
     `micro_batch * max_len` tokens holds (a multiple of `rows_multiple`, the data-parallel
-    size, so rows always shard evenly), and round
-    the last microbatch up to a candidate row count. Keep the L with the fewest computed slots
+    size, so rows always shard evenly), and round the last microbatch up to a candidate row
+    count. Keep the L with the fewest computed slots
     (then the fewest microbatches). A pure function of its inputs: resuming rebuilds the same
     batches. Attention memory stays within the plan: rows x L^2 <= micro_batch x max_len^2.
     """

@@ -285,9 +285,8 @@ class _Compiled:
         return jax.device_put(rows.train_arrays(), self.batch_sh)
 
     def val_loss(self, params: nnx.State, batches: Sequence[Batch]) -> float:
-        sums = [self.eval(params, batch) for batch in batches]  # dispatched, then read
-        total = sum(float(s) for s, _ in sums)
-        return total / sum(float(n) for _, n in sums)
+        sums = jax.device_get([self.eval(params, batch) for batch in batches])  # one read
+        return sum(float(s) for s, _ in sums) / sum(float(n) for _, n in sums)
 
 
 _CACHE: dict[tuple, _Compiled] = {}
@@ -353,10 +352,9 @@ def train(
     per_epoch = steps_per_epoch(len(train_set), cfg.global_batch)
     total = per_epoch * cfg.epochs
     graphdef, params = nnx.split(model, nnx.Param)
-    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, _master(x.dtype)), params)
-    fns = _compiled(graphdef, params, mesh, cfg, total)
+    masters = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, _master(x.dtype)), params)
+    fns = _compiled(graphdef, masters, mesh, cfg, total)
     compile_start = fns.compile_s
-    params = nnx.state(model, nnx.Param)
     val_batches = [fns.put(rows) for rows in eval_batches(val_set, cfg, fns.rows_multiple)]
     keep_best = cfg.select in ("best_val", "best_val_or_start") and bool(val_batches)
     start_selectable = cfg.select == "best_val_or_start"
@@ -404,14 +402,14 @@ def train(
     def finish(record: dict[str, Any], metrics: dict[str, jax.Array]) -> None:
         """Book a dispatched step once its metrics are read (one step late: the next step is
         already queued on the device, so reading them stalls nothing)."""
-        record["loss"] = float(metrics["loss"])  # waits for the step: the timing below is real
-        record["lr"] = float(metrics["lr"])
-        record["grad_norm"] = float(metrics["grad_norm"])
+        values = jax.device_get(metrics)  # one transfer; waits for the step: timing is real
+        for key in ("loss", "lr", "grad_norm"):
+            record[key] = float(values[key])
         now, compiled = time.perf_counter(), fns.compile_s - clock["compile"]
         elapsed = max(now - clock["last"] - compiled, 1e-9)
         clock.update(last=now, compile=fns.compile_s)
         clock["times"].append(elapsed)
-        if not bool(metrics["finite"]):
+        if not bool(values["finite"]):
             if cfg.on_nan == "stop":
                 raise TptError(_nonfinite_message(record, total, cfg, state_dir, saved_step))
             meta["nonfinite_skipped"] += 1
