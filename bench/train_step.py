@@ -47,6 +47,7 @@ import numpy as np
 
 from tpt_jax.config import TrainConfig
 from tpt_jax.data import SFTExample
+from tpt_jax.models.attention import self_attention_kernel
 from tpt_jax.models.config import preset
 from tpt_jax.models.transformer import init_model, param_count
 from tpt_jax.sharding import make_mesh
@@ -67,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compute-dtype", default=None, help="default: bfloat16 on GPU/TPU, else f32")
     p.add_argument("--remat", default="none", choices=("none", "minimal", "full"))
     p.add_argument("--scan", action="store_true", help="train.scan_layers")
+    p.add_argument(
+        "--attention", default="auto", choices=("auto", "xla", "cudnn", "splash"),
+        help="self-attention kernel in training (auto: splash on TPU, cuDNN on GPU, else XLA)",
+    )  # fmt: skip
     p.add_argument("--baseline", choices=("torch", "none"), default="none")
     p.add_argument("--torch-threads", type=int, default=None)
     p.add_argument("--gsm8k", default="../shared/data/gsm8k", help="recipe: GSM8K directory")
@@ -189,6 +194,7 @@ def full_row(args, device) -> dict:
     model = init_model(cfg, seed=0)
     row = {"workload": "full", "preset": args.preset, "batch": args.batch, "seq": args.seq}
     row |= {"compute_dtype": dtype, "remat": args.remat, "scan_layers": args.scan}
+    row["attention"] = args.attention
     torch_times = None
     if args.baseline == "torch":  # in a process of its own: the two never share memory
         cmd = [sys.executable, __file__, "--torch-child", "--preset", args.preset]
@@ -197,7 +203,9 @@ def full_row(args, device) -> dict:
             cmd += ["--torch-threads", str(args.torch_threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         torch_times, row["torch_info"] = json.loads(out.stdout.strip().splitlines()[-1])
-    tpt = summarize(tpt_steps(model, examples, train_cfg), args.warmup)
+    kernel = None if args.attention == "auto" else args.attention
+    with self_attention_kernel(kernel):  # read while the step is traced
+        tpt = summarize(tpt_steps(model, examples, train_cfg), args.warmup)
     row |= {f"tpt_{k}": v for k, v in tpt.items() if k != "losses"}
     row["pad_fraction"] = tpt["pad_fraction"]
     if torch_times is not None:

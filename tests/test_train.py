@@ -420,11 +420,35 @@ GEMMA2 = PRESETS["gemma2-2b"].replace(
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("cfg", [LLAMA, GEMMA2], ids=["llama", "gemma2-softcap-window"])
-def test_splash_attention_equals_the_xla_reference_on_packed_rows(cfg) -> None:
-    """The TPU kernel (Pallas splash attention, interpreted on CPU) against `attend`: the
-    loss and gradients of packed rows with segment ids, Gemma 2's soft-cap and local window."""
-    assert cfg.attn_logit_softcap or cfg is LLAMA
+GEMMA2_NO_CAP = GEMMA2.replace(attn_logit_softcap=None)  # local windows without the cap
+
+
+@pytest.mark.parametrize(
+    "cfg, kernel, fused",
+    [
+        (LLAMA, "splash_interpret", True),
+        (GEMMA2, "splash_interpret", True),
+        (LLAMA, "dot_product_xla", True),
+        (GEMMA2_NO_CAP, "dot_product_xla", True),
+        (GEMMA2, "dot_product_xla", False),  # cuDNN has no soft-cap: the reference runs
+    ],
+    ids=["splash-llama", "splash-gemma2", "cudnn-masks-llama", "cudnn-masks-window", "cudnn-cap"],
+)
+def test_fused_attention_equals_the_xla_reference_on_packed_rows(
+    cfg, kernel: str, fused: bool, monkeypatch
+) -> None:
+    """The fused kernels against `attend` on the loss and every gradient of packed rows with
+    segment ids, local windows and Gemma 2's soft-cap: splash attention (TPU; its Pallas
+    kernel interpreted on CPU) and the `jax.nn.dot_product_attention` call that runs cuDNN on
+    GPU, here with XLA's implementation (the same masks, causality and window arguments; only
+    the implementation string differs on a GPU)."""
+    calls = []
+    dot_product_attention = jax.nn.dot_product_attention
+    monkeypatch.setattr(
+        jax.nn,
+        "dot_product_attention",
+        lambda *a, **k: calls.append(k) or dot_product_attention(*a, **k),
+    )
     graphdef, params = nnx.split(init_model(cfg, seed=5), nnx.Param)
     rng = np.random.default_rng(5)
     examples = [
@@ -433,12 +457,15 @@ def test_splash_attention_equals_the_xla_reference_on_packed_rows(cfg) -> None:
     ]
     rows = pack_rows(examples, 128).train_arrays()  # 2 rows of 128, several segments each
     results = []
-    for kernel in ("xla", "splash_interpret"):
+    for name in ("xla", kernel):
         loss = lambda p: loss_sums(p, graphdef, rows, jnp.float32)[0]  # noqa: E731
-        with self_attention_kernel(kernel):
+        calls.clear()
+        with self_attention_kernel(name):
             results.append(jax.jit(jax.value_and_grad(loss))(params))
-            ran = "pallas_call" in str(jax.make_jaxpr(loss)(params))
-        assert ran == (kernel != "xla")  # the kernel asked for is the one that ran
+            ran = "pallas_call" in str(jax.make_jaxpr(loss)(params)) or bool(calls)
+        assert ran == (name != "xla" and fused)  # the kernel asked for is the one that ran
+    if calls:
+        assert calls[0]["implementation"] == "xla" and calls[0]["is_causal"]
     (want, want_grads), (got, grads) = results
     np.testing.assert_allclose(got, want, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):

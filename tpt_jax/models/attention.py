@@ -74,7 +74,10 @@ def attend(
 
 # The kernel for self-attention without a cache (training, scoring): "xla" (`attend`, the
 # tested reference), "splash" (Pallas splash attention, TPU), "splash_interpret" (the same
-# kernel interpreted: CPU tests), or None = by platform. Read while tracing.
+# kernel interpreted: CPU tests), "cudnn" (cuDNN flash attention through
+# `jax.nn.dot_product_attention`, GPU), "dot_product_xla" (that same call with XLA's
+# implementation: CPU tests of the masks the cuDNN path passes), or None = by platform. Read
+# while tracing.
 _SELF_ATTENTION_KERNEL: str | None = None
 
 
@@ -102,23 +105,62 @@ def self_attend(
 ) -> Float[Array, "B T N H"]:
     """Attention of T tokens over themselves: packed training rows (`segments`) or left-padded
     rows (`valid`). On TPU, splash attention (fused, segment ids, soft-cap, local windows: the
-    T x T scores never reach HBM) where T is a multiple of its 128-wide blocks; elsewhere, or
-    for other lengths, `attend` with a position mask.
+    T x T scores never reach HBM) where T is a multiple of its 128-wide blocks; on GPU, cuDNN
+    flash attention for 16-bit inputs without a soft-cap (`masked_dot_product_attend`);
+    elsewhere, for other shapes or for what a kernel refuses, `attend` with a position mask.
 
-    Splash masks by column, `attend` by position: the same thing here, because a segment's (or
-    a left-padded row's) tokens are contiguous with positions rising by one per column. On GPU
-    the XLA path is used for packed rows: cuDNN's fused attention takes no segment ids through
-    `jax.nn.dot_product_attention` (packed sequences need its private ragged-offset API)."""
+    The fused kernels mask by column, `attend` by position: the same thing here, because a
+    segment's (or a left-padded row's) tokens are contiguous with positions rising by one per
+    column."""
     kernel = _SELF_ATTENTION_KERNEL
     if kernel is None:
-        kernel = "splash" if jax.devices()[0].platform == "tpu" else "xla"
+        platform = jax.devices()[0].platform
+        kernel = "splash" if platform == "tpu" else fused_implementation(q.dtype, cap) or "xla"
     if kernel.startswith("splash") and q.shape[1] % SPLASH_BLOCK == 0:
         ids = (segments if segments is not None else valid).astype(jnp.int32)
         return splash_attend(
             q, k, v, ids, window, scale, cap, interpret=kernel == "splash_interpret"
         )
+    if kernel in ("cudnn", "dot_product_xla") and cap is None:
+        implementation = "cudnn" if kernel == "cudnn" else "xla"
+        try:
+            return masked_dot_product_attend(
+                q, k, v, valid, segments, window, scale, implementation
+            )
+        except (NotImplementedError, ValueError, TypeError):  # shape or GPU cuDNN refuses
+            pass  # (checked while tracing, so the fallback costs nothing at run time)
     mask = attention_mask(positions, positions, valid, window, segments)
     return attend(q, k, v, mask, scale, cap)
+
+
+def masked_dot_product_attend(
+    q: Float[Array, "B T N H"],
+    k: Float[Array, "B T K H"],
+    v: Float[Array, "B T K H"],
+    valid: Bool[Array, "B T"],
+    segments: Int[Array, "B T"] | None,
+    window: int | None,
+    scale: float,
+    implementation: str,
+) -> Float[Array, "B T N H"]:
+    """`jax.nn.dot_product_attention`, causal (and windowed) by column, with packed segments
+    and padding as a boolean [B, 1, T, T] mask. cuDNN turns the mask into an additive bias
+    tile it reads inside the fused kernel: [B, T, T] 16-bit numbers, not the [B, N, T, T]
+    float32 scores of `attend`. Why not cuDNN's own packed (ragged offsets) form: it is only in
+    jax's private `jax._src.cudnn` API, whose signature has changed between releases."""
+    keep = valid[:, None, :]
+    if segments is not None:
+        keep = keep & (segments[:, :, None] == segments[:, None, :])
+    return jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        mask=keep[:, None],
+        scale=scale,
+        is_causal=True,
+        local_window_size=None if window is None else (window - 1, 0),
+        implementation=implementation,
+    )
 
 
 SPLASH_BLOCK = 128
