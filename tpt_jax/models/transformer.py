@@ -7,6 +7,7 @@ the HF name table in `tpt_jax.hf_io` is a rename plus a reshape.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -325,6 +326,7 @@ def abstract_model(cfg: ModelConfig, dtype: Any = jnp.float32) -> Transformer:
     return nnx.eval_shape(lambda: init_model(cfg, 0, dtype))
 
 
+@functools.cache  # building the abstract model takes seconds at 80 layers (Llama-3.1-70B)
 def param_count(cfg: ModelConfig) -> int:
     state = nnx.state(abstract_model(cfg), nnx.Param)
     return sum(int(x.size) for x in jax.tree.leaves(state))
