@@ -109,14 +109,17 @@ def test_force_redoes_only_what_a_changed_key_reaches(finished, tmp_path):
     assert (run_dir / "round_2" / "manifest.json").exists()
 
 
-@pytest.mark.parametrize("point", ["think.chunk:4", "train.step:3"])
-def test_resume_after_kill_9_equals_uninterrupted(finished, tmp_path, point):
-    """Chunk 4 of sampling is the 2nd chunk of round 1's THINK (round 0's eval makes two);
-    train step 3 of round 1 lies after the train state saved at step 2."""
+def test_resume_after_two_kill_9s_equals_uninterrupted(finished, tmp_path):
+    """Killed in round 1's THINK (chunk 4: its 2nd chunk, round 0's eval makes two), then the
+    resumed process killed in round 1's TRAIN (its step 3 lies after the train state saved at
+    step 2, on a background thread: written or not, resuming must give the same numbers); a
+    third process finishes with exactly the uninterrupted run's results."""
     run_dir = tmp_path / "run"
-    killed = tpt("run", str(SMOKE), "--run-dir", str(run_dir), env={"TPT_KILL_AT": point})
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    assert not (run_dir / "round_2" / "manifest.json").exists()
+    for point in ("think.chunk:4", "train.step:3"):
+        killed = tpt("run", str(SMOKE), "--run-dir", str(run_dir), env={"TPT_KILL_AT": point})
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        assert not (run_dir / "round_1" / "train" / "DONE.json").exists()
+    assert (run_dir / "round_1" / "prune" / "DONE.json").exists()  # the 2nd kill: in TRAIN
     resumed = tpt("run", str(SMOKE), "--run-dir", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert results(run_dir) == results(finished)
