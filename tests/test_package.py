@@ -32,6 +32,7 @@ LAYERS = {  # DESIGN.md's module map
     "tpt_jax.compile_cache": 0,
     "tpt_jax.losses": 1,
     "tpt_jax.sharding": 1,
+    "tpt_jax.distributed": 1,
     "tpt_jax.memory": 1,
     "tpt_jax.plan": 1,
     "tpt_jax.safetensors_io": 1,

@@ -398,9 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tpt_jax.errors import TptError
 
     if os.environ.get("TPT_MULTIHOST") == "1":  # set by launch/*.sh on every host of a slice
-        import jax
+        from tpt_jax import distributed
 
-        jax.distributed.initialize()
+        distributed.initialize()
 
     if args.fn not in (_plan, _info):  # commands that compile: reuse programs across runs
         from tpt_jax import compile_cache

@@ -34,6 +34,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from tpt_jax import memory
+from tpt_jax.distributed import to_global, to_host
 from tpt_jax.engine import slots as device
 from tpt_jax.engine.sampling import Sample, SamplingParams, sample_keys
 from tpt_jax.errors import TptError
@@ -239,7 +240,7 @@ class Engine:
         slots = self.plan_slots(len(prompts) * n, limit)
         st = device.Static.of(params, self.stop_ids)
         sampling = (jnp.float32(params.temperature), jnp.float32(params.top_p))
-        state = jax.device_put(device.SlotState.empty(slots), self._row_sharding(slots))
+        state = to_global(device.SlotState.empty(slots), self._row_sharding(slots))
         view = self._view(VIEW_QUANTUM, limit)
         cache = _Cache(self._empty_cache(slots, view), view)
         queue = deque(range(len(prompts)))  # prompts not yet prefilled
@@ -289,7 +290,7 @@ class Engine:
             )  # fmt: skip
             self.last_run["chunks"] += 1
             # 3. One transfer: first tokens of new samples, this chunk's tokens, who is live.
-            firsts, (out, out_lp, live, ran) = jax.device_get(
+            firsts, (out, out_lp, live, ran) = to_host(
                 ([(f, lp) for _, f, lp in inserted], (out, out_lp, state.live, ran))
             )
             self.last_run["steps"] += int(ran)

@@ -1,0 +1,30 @@
+"""Sample with the engine from a HF directory on a mesh over every process's devices: run under
+`launch/local.sh` by tests/test_multiprocess.py, which compares with one process."""
+
+import json
+import sys
+
+PROMPTS = [[5, 9, 13], [7, 3, 11, 2, 40, 41], [8], [20, 21, 22, 23]]
+
+
+def samples(model_dir: str, mesh_shape: list[int], devices=None) -> list[list[list[int]]]:
+    from tpt_jax.engine import Engine, SamplingParams
+    from tpt_jax.hf_io import load_hf_dir
+    from tpt_jax.sharding import make_mesh
+
+    mesh = make_mesh(mesh_shape, devices)
+    model = load_hf_dir(model_dir, mesh=mesh)
+    params = SamplingParams(n=2, temperature=0.9, top_p=0.95, max_new_tokens=12, seed=3)
+    out = Engine(model, mesh, stop_ids=[150]).generate(PROMPTS, params)
+    return [[s.tokens for s in per_prompt] for per_prompt in out]
+
+
+if __name__ == "__main__":
+    import jax
+
+    from tpt_jax import distributed
+
+    distributed.initialize()
+    got = samples(sys.argv[1], [int(x) for x in sys.argv[2].split(",")])
+    if distributed.is_primary():
+        print(json.dumps({"processes": jax.process_count(), "samples": got}))
