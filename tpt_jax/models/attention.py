@@ -147,7 +147,7 @@ def masked_dot_product_attend(
     and padding as a boolean [B, 1, T, T] mask. cuDNN turns the mask into an additive bias
     tile it reads inside the fused kernel: [B, T, T] 16-bit numbers, not the [B, N, T, T]
     float32 scores of `attend`. Why not cuDNN's own packed (ragged offsets) form: it is only in
-    jax's private `jax._src.cudnn` API, whose signature has changed between releases."""
+    jax's private `jax._src.cudnn` API, which JAX does not keep stable between releases."""
     keep = valid[:, None, :]
     if segments is not None:
         keep = keep & (segments[:, :, None] == segments[:, None, :])
