@@ -19,8 +19,9 @@ LOCAL = ROOT / "launch" / "local.sh"
 
 
 def local(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+    # This process's XLA_FLAGS (8 devices) and JAX_PLATFORMS pass through: the launcher sets
+    # its own device count and platform over them.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     return subprocess.run(
         ["bash", str(LOCAL), *args], capture_output=True, text=True, env=env, cwd=ROOT,
         timeout=timeout,
