@@ -351,6 +351,7 @@ TIME_FIELDS = {
     "eta_s",
     "step_s",
     "compile_s",
+    "template_time",  # the run's start, to the second: two runs side by side may straddle one
 }
 
 
