@@ -1,5 +1,8 @@
-"""Sample with the engine from a HF directory on a mesh over every process's devices: run under
-`launch/local.sh` by tests/test_multiprocess.py, which compares with one process."""
+"""Sample with the engine from a HF directory or a tpt_jax checkpoint on a mesh over every
+process's devices, and optionally save the model as a checkpoint from all processes: run under
+`launch/local.sh` by tests/test_multiprocess.py, which compares with one process.
+
+    python tests/mp_generate.py MODEL_DIR MESH [SAVE_DIR]"""
 
 import json
 import sys
@@ -7,15 +10,21 @@ import sys
 PROMPTS = [[5, 9, 13], [7, 3, 11, 2, 40, 41], [8], [20, 21, 22, 23]]
 
 
-def samples(model_dir: str, mesh_shape: list[int], devices=None) -> list[list[list[int]]]:
+def samples(
+    model_dir: str, mesh_shape: list[int], devices=None, save_to: str | None = None
+) -> list[list[list[int]]]:
+    from tpt_jax.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
     from tpt_jax.engine import Engine, SamplingParams
     from tpt_jax.hf_io import load_hf_dir
     from tpt_jax.sharding import make_mesh
 
     mesh = make_mesh(mesh_shape, devices)
-    model = load_hf_dir(model_dir, mesh=mesh)
+    load = load_checkpoint if is_checkpoint(model_dir) else load_hf_dir
+    model = load(model_dir, mesh=mesh)
     params = SamplingParams(n=2, temperature=0.9, top_p=0.95, max_new_tokens=12, seed=3)
     out = Engine(model, mesh, stop_ids=[150]).generate(PROMPTS, params)
+    if save_to is not None:
+        save_checkpoint(model, save_to)
     return [[s.tokens for s in per_prompt] for per_prompt in out]
 
 
@@ -25,6 +34,7 @@ if __name__ == "__main__":
     from tpt_jax import distributed
 
     distributed.initialize()
-    got = samples(sys.argv[1], [int(x) for x in sys.argv[2].split(",")])
+    save_to = sys.argv[3] if len(sys.argv) > 3 else None
+    got = samples(sys.argv[1], [int(x) for x in sys.argv[2].split(",")], save_to=save_to)
     if distributed.is_primary():
         print(json.dumps({"processes": jax.process_count(), "samples": got}))

@@ -380,18 +380,26 @@ def outputs(run: Path, metrics: bool = True) -> dict:
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> tuple[Path, Path]:
-    """Two fresh runs of the same config, side by side."""
+    """Two fresh runs of the same config side by side, on 2 CPU devices each: the first in one
+    process, the second in 2 processes of one device (launch/local.sh, jax.distributed with
+    gloo collectives), as a pod slice runs it."""
     runs = [tmp_path_factory.mktemp(name) / "run" for name in ("first", "second")]
+    run = [sys.executable, "-m", "tpt_jax.cli", "run", str(SMOKE), *SHORT]
+    commands = [
+        [*run, "--run-dir", str(runs[0])],
+        ["bash", str(ROOT / "launch" / "local.sh"), "2", "--", *run, "--run-dir", str(runs[1])],
+    ]
+    two_devices = {**env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tpt_jax.cli", "run", str(SMOKE), "--run-dir", str(run), *SHORT],
-            env=env(),
+            command,
+            env=two_devices,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
-        for run in runs
+        for command in commands
     ]
     for proc in procs:
         _, err = proc.communicate(timeout=600)
@@ -405,12 +413,22 @@ def first(pair) -> Path:
 
 
 def test_same_config_same_run(pair):
+    """Every decision, number and file of the two runs agrees, so a run is reproducible and
+    one split over processes is the same run (only process 0 wrote the second one's files)."""
     a, b = outputs(pair[0]), outputs(pair[1])
     for name in ("round_1/think/traces.jsonl", "round_1/prune/selected.jsonl"):
         assert a[name] and a[name] == b[name], name
     assert a["round_1/eval/summary.json"] == b["round_1/eval/summary.json"]
     assert len(a["metrics"]) > 10 and a["metrics"] == b["metrics"]
     assert a == b
+    assert files(pair[0]) == files(pair[1])  # no file from process 1, no leftover
+
+
+def files(run: Path) -> list[str]:
+    """The run directory's files, outside TensorBoard's (host-named) event files and Orbax's
+    trees (whose internals name the processes that wrote them)."""
+    names = (str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+    return sorted(n for n in names if not {"tb", "params", "arrays"} & set(Path(n).parts))
 
 
 def test_manifest_provenance(first):
@@ -424,7 +442,7 @@ def test_manifest_provenance(first):
         m = json.loads((first / f"round_{r}" / "manifest.json").read_text())
         assert m["round"] == r and m["seed"] == 0 and m["config_hash"] == config_hash(config)
         assert {"python", "jax", "jaxlib", "flax", "numpy"} <= set(m["versions"])
-        assert m["devices"] == {"kind": "cpu", "count": 1}
+        assert m["devices"] == {"kind": "cpu", "count": 2}
         assert set(m["wall_seconds"]) == stages and all(t >= 0 for t in m["wall_seconds"].values())
         d = m["data"]
         assert d["task"] == "arithmetic" and (d["train_skipped"], d["test_skipped"]) == (0, 0)

@@ -10,9 +10,15 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
+from flax import nnx
 from hf_tiny import make_hf_model
 from mp_generate import samples
+
+from tpt_jax.checkpoint import load_checkpoint, save_checkpoint
+from tpt_jax.hf_io import load_hf_dir
+from tpt_jax.sharding import make_mesh
 
 ROOT = Path(__file__).parents[1]
 LOCAL = ROOT / "launch" / "local.sh"
@@ -35,18 +41,41 @@ def tiny(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def saved_here(tiny, tmp_path_factory) -> Path:
+    """The tiny model as a tpt_jax checkpoint saved by this one process from mesh (1, 8, 1)."""
+    model = load_hf_dir(tiny, mesh=make_mesh((1, 8, 1)))
+    return save_checkpoint(model, tmp_path_factory.mktemp("saved") / "one_process")
+
+
 @pytest.mark.parametrize("mesh", ["1,4,1", "2,1,2"], ids=["fsdp-over-processes", "data-tensor"])
-def test_engine_samples_across_two_processes_equal_one_device(tiny, mesh: str) -> None:
+def test_engine_samples_across_two_processes_equal_one_device(
+    tiny, saved_here, tmp_path, mesh: str
+) -> None:
     """2 processes x 2 devices: prompts and slot state built per process from the same host
     data, tokens gathered back to every process; the samples are one device's, token for
-    token."""
-    proc = local(
-        "2", "--devices", "2", "--", sys.executable, "tests/mp_generate.py", str(tiny), mesh
-    )
+    token. The data-tensor case loads a checkpoint that one process saved on another mesh and
+    saves it again from both processes; this process restores that on two more meshes, and
+    every parameter is the original's, bit for bit."""
+    source, saved = (str(tiny), []) if mesh == "1,4,1" else (str(saved_here), [str(tmp_path)])
+    command = [sys.executable, "tests/mp_generate.py", source, mesh, *[s + "/ck" for s in saved]]
+    proc = local("2", "--devices", "2", "--", *command)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["processes"] == 2
     assert out["samples"] == samples(str(tiny), [1, 1, 1], jax.devices()[:1])
+    if saved:
+        original = params(load_hf_dir(tiny))
+        for shape in ((1, 1, 1), (2, 2, 2)):
+            mesh = make_mesh(shape, jax.devices()[: int(np.prod(shape))])
+            restored = load_checkpoint(tmp_path / "ck", mesh=mesh)
+            assert jax.tree.map(np.array_equal, params(restored), original) == jax.tree.map(
+                lambda _: True, original
+            ), shape
+
+
+def params(model) -> dict:
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
 def test_local_launcher_stops_every_process_when_one_fails(tmp_path: Path) -> None:

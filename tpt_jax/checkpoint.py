@@ -44,6 +44,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from tpt_jax import faults
+from tpt_jax.distributed import as_global, barrier, is_primary, shared_token
 from tpt_jax.errors import CheckpointError
 from tpt_jax.models.config import ModelConfig
 from tpt_jax.models.transformer import Transformer, abstract_model
@@ -72,20 +73,19 @@ def save_checkpoint(model: Transformer, directory: str | Path, *, tokenizer: Any
 def _checkpoint_job(
     model: Transformer, directory: str | Path, tokenizer: Any, *, host_copy: bool
 ) -> tuple[Path, Callable[[Path], None]]:
-    if jax.process_count() > 1:  # the temp name, marker and renames assume one writer
-        raise NotImplementedError("save_checkpoint supports single-process runs only")
     directory = Path(directory).absolute()
     hf_cfg = _config_json(model)
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    if host_copy:
+    params = as_global(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    if host_copy and jax.process_count() == 1:
         params = _to_host(params)
 
     def write(tmp: Path) -> None:
-        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
-        _save_tree(tmp / "params", params)
-        if tokenizer is not None:
-            (tmp / "tokenizer").mkdir()
-            tokenizer.save_pretrained(tmp / "tokenizer")
+        _save_tree(tmp / "params", params)  # every process writes its own shards
+        if is_primary():
+            (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+            if tokenizer is not None:
+                (tmp / "tokenizer").mkdir()
+                tokenizer.save_pretrained(tmp / "tokenizer")
 
     return directory, write
 
@@ -162,8 +162,6 @@ def save_train_state(directory: str | Path, state: Any, meta: dict[str, Any]) ->
 def _train_state_job(
     directory: str | Path, state: Any, meta: dict[str, Any], *, host_copy: bool
 ) -> tuple[Path, Callable[[Path], None]]:
-    if jax.process_count() > 1:
-        raise NotImplementedError("save_train_state supports single-process runs only")
     directory = Path(directory).absolute()
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     header = {
@@ -171,13 +169,14 @@ def _train_state_job(
         "leaves": [jax.tree_util.keystr(path) for path, _ in leaves],
         "meta": json.loads(json.dumps(meta)),  # a copy: the caller goes on changing `meta`
     }
-    arrays = {_leaf_key(i): leaf for i, (_, leaf) in enumerate(leaves)}
-    if host_copy:
+    arrays = as_global({_leaf_key(i): leaf for i, (_, leaf) in enumerate(leaves)})
+    if host_copy and jax.process_count() == 1:
         arrays = _to_host(arrays)
 
     def write(tmp: Path) -> None:
-        (tmp / "state.json").write_text(json.dumps(header) + "\n")
         _save_tree(tmp / "arrays", arrays)
+        if is_primary():
+            (tmp / "state.json").write_text(json.dumps(header) + "\n")
 
     return directory, write
 
@@ -221,6 +220,11 @@ class AsyncSaver:
 
     def _submit(self, directory: Path, write: Callable[[Path], None], what: str) -> None:
         self.wait()  # one save in flight: a second would double the host copies
+        if jax.process_count() > 1:
+            # Synchronous: the arrays span other processes' devices (no whole host copy), and
+            # every process must reach the save's barriers in the same order as the others.
+            _write_committed(directory, write, what)
+            return
 
         def run() -> None:
             try:
@@ -284,7 +288,10 @@ def _read_state_header(directory: Path) -> dict[str, Any] | None:
 def _write_committed(directory: Path, write: Callable[[Path], None], what: str) -> None:
     """Run `write(tmp)` into a hidden sibling, fsync it, mark it COMMITTED, swap it into place.
     An OSError on the way (disk full, a parent that is a file, ...) becomes one line naming
-    `directory`, the reason and what is left there."""
+    `directory`, the reason and what is left there.
+
+    Several processes: all of them write their shards into one temporary sibling (its name
+    drawn by process 0), and process 0 alone marks and swaps it once all have written."""
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         occupied = directory.is_file() or (directory.is_dir() and any(directory.iterdir()))
@@ -293,27 +300,38 @@ def _write_committed(directory: Path, write: Callable[[Path], None], what: str) 
     if occupied and not is_checkpoint(directory):
         # Replacing would delete whatever is there: refuse rather than guess it is disposable.
         raise CheckpointError(f"{directory}: exists and is not a tpt_jax checkpoint; not replacing")
-    _remove_leftovers(directory)
+    primary = is_primary()
+    if primary:
+        _remove_leftovers(directory)
     tmp = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        if jax.process_count() == 1:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        else:
+            tmp = directory.parent / f".{directory.name}.tmp-{shared_token()}"
+            if primary:
+                tmp.mkdir()
+            barrier(f"checkpoint mkdir {tmp}")
         write(tmp)
+        barrier(f"checkpoint written {tmp}")
         faults.reached("checkpoint.write")
-        # The marker must not reach the disk before the data it vouches for.
-        _fsync_tree(tmp)
-        with open(tmp / MARKER, "w") as f:
-            f.write(f"tpt_jax checkpoint format {FORMAT_VERSION}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync(tmp)
-        faults.reached("checkpoint.commit")
-        _swap_into_place(tmp, directory)
-        faults.reached("checkpoint.swapped")
+        if primary:
+            # The marker must not reach the disk before the data it vouches for.
+            _fsync_tree(tmp)
+            with open(tmp / MARKER, "w") as f:
+                f.write(f"tpt_jax checkpoint format {FORMAT_VERSION}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync(tmp)
+            faults.reached("checkpoint.commit")
+            _swap_into_place(tmp, directory)
+            faults.reached("checkpoint.swapped")
+        barrier(f"checkpoint committed {directory}")  # nobody reads it before it is in place
     except OSError as e:
         raise _write_error(directory, what, e) from e
     finally:
         # After a swap `tmp` holds the previous checkpoint; after a failure, the partial one.
-        if tmp is not None:
+        if tmp is not None and primary:
             _remove_tree(tmp)
 
 

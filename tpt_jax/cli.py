@@ -144,6 +144,10 @@ def _run(args: argparse.Namespace) -> None:
         run.preflight(model=False, stage=args.command)
         run.stage(args.command, args.round)
         return
+    from tpt_jax.distributed import is_primary
+
+    if not is_primary():  # process 0 reports for all
+        return
     rows = _report_rows(run_dir)
     print(report.table(rows))
     for note in _notes(rows):

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tpt_jax.errors import TptError
 
@@ -67,6 +68,22 @@ def to_global(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(one, tree, shardings)
 
 
+def as_global(tree: Any) -> Any:
+    """`tree` with each process-local array (one this process alone holds, the same on every
+    process, e.g. a model initialized from the same seed everywhere) made global, replicated on
+    every device: what a multi-process save needs, since each process writes only its shards."""
+    if jax.process_count() == 1:
+        return tree
+    everywhere = NamedSharding(Mesh(np.asarray(jax.devices()), ("all",)), PartitionSpec())
+
+    def one(x: Any) -> Any:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x
+        return to_global(np.asarray(x), everywhere)
+
+    return jax.tree.map(one, tree)
+
+
 def to_host(tree: Any) -> Any:
     """Global arrays as whole NumPy arrays on every process (a gather across processes when
     they span several; one transfer for the whole tree either way)."""
@@ -79,3 +96,12 @@ def barrier(name: str) -> None:
     """Wait until every process reaches this point (no-op for one process)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def shared_token() -> str:
+    """A random hex token that every process receives alike (process 0 draws it): the name of
+    a temporary directory that all processes write into."""
+    token = np.frombuffer(os.urandom(8), np.uint32)
+    if jax.process_count() > 1:
+        token = np.asarray(multihost_utils.broadcast_one_to_all(token))
+    return "".join(f"{int(x):08x}" for x in token)

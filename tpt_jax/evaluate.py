@@ -23,6 +23,7 @@ from typing import Any
 
 from tpt_jax.api import ModelHandle
 from tpt_jax.config import EvalConfig
+from tpt_jax.distributed import is_primary
 from tpt_jax.engine import SamplingParams
 from tpt_jax.grading import MODES, extract_answer, is_correct, mean_pass_at_k
 from tpt_jax.report import answer_key, answer_order
@@ -169,5 +170,6 @@ def evaluate(
         )
     summary = summarize(sampled, greedy, answers, config, train_answers=train_answers)
     summary["skipped_too_long"] = prompts.skipped_too_long
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if is_primary():
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

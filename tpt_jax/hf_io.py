@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from tpt_jax.distributed import is_primary, to_host
 from tpt_jax.errors import CheckpointError
 from tpt_jax.models import hf_names
 from tpt_jax.models.config import ModelConfig
@@ -115,12 +116,18 @@ def load_hf_dir(
     )
 
 
-def hf_state_dict(model: Transformer, dtype: Any = None) -> dict[str, np.ndarray]:
-    """HF-named, HF-layout host arrays, gathered one tensor at a time."""
+def hf_state_dict(
+    model: Transformer, dtype: Any = None, *, keep: bool = True
+) -> dict[str, np.ndarray]:
+    """HF-named, HF-layout host arrays, gathered one tensor at a time (from every process when
+    the model spans several: each takes part in every gather). `keep=False`: take part in the
+    gathers but return nothing (a process that does not write them)."""
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     out = {}
     for row in hf_names.table(model.config):
-        value = np.asarray(jax.device_get(flat[row.path][...]))
+        value = np.asarray(to_host(flat[row.path][...]))
+        if not keep:
+            continue
         if dtype is not None:
             value = value.astype(np.dtype(dtype))
         out[row.hf_key] = hf_names.to_hf(row, value)
@@ -135,11 +142,14 @@ def save_hf_dir(
     dtype: Any = None,
     max_shard_bytes: int = 5 * 2**30,
 ) -> Path:
-    """Write config.json, generation_config.json, safetensors (+ index when sharded), tokenizer."""
+    """Write config.json, generation_config.json, safetensors (+ index when sharded), tokenizer.
+    Several processes: all gather the tensors, process 0 writes them."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    tensors = hf_state_dict(model, dtype)
+    tensors = hf_state_dict(model, dtype, keep=is_primary())
+    if not is_primary():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
     first = next(iter(tensors.values()))
     hf_cfg = cfg.to_hf_config() | {"torch_dtype": _torch_dtype_name(first.dtype)}
     hf_cfg["dtype"] = hf_cfg["torch_dtype"]

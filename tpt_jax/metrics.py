@@ -18,13 +18,19 @@ class MetricsWriter:
     """Appends one JSON object per record to `path` and mirrors scalars to TensorBoard.
 
     Each record carries a `tag` ("eval", "train", …) and a `step`; numeric fields become
-    TensorBoard scalars named `tag/field`.
+    TensorBoard scalars named `tag/field`. `enabled=False` (every process of a multi-process
+    run but the first, which writes for all) drops every record.
     """
 
-    def __init__(self, path: str | Path, tensorboard_dir: str | Path | None = None):
+    def __init__(
+        self, path: str | Path, tensorboard_dir: str | Path | None = None, *, enabled: bool = True
+    ):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.enabled = enabled
         self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if tensorboard_dir is not None:
             try:
                 from tensorboardX import SummaryWriter
@@ -34,6 +40,8 @@ class MetricsWriter:
                 self._tb = SummaryWriter(str(tensorboard_dir), flush_secs=10)
 
     def write(self, tag: str, step: int, **fields: Any) -> None:
+        if not self.enabled:
+            return
         record = {"tag": tag, "step": step, "time": round(time.time(), 3), **fields}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=_plain) + "\n")

@@ -53,6 +53,7 @@ from tpt_jax.api import ModelHandle, load
 from tpt_jax.arithmetic import generate_problems
 from tpt_jax.config import RunConfig, config_hash, from_dict, to_dict
 from tpt_jax.data import encode_example
+from tpt_jax.distributed import barrier, is_primary
 from tpt_jax.engine import EngineOptions, SamplingParams
 from tpt_jax.errors import TptError
 from tpt_jax.evaluate import evaluate
@@ -79,7 +80,10 @@ SCRATCH = ("state", "best")  # TRAIN's resume files, deleted once its DONE.json 
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write `obj` as JSON atomically: a reader sees the old file or the new one, never half."""
+    """Write `obj` as JSON atomically: a reader sees the old file or the new one, never half.
+    Process 0 alone writes (every process of a multi-process run computes the same `obj`)."""
+    if not is_primary():
+        return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps(obj, indent=2, default=str) + "\n")
@@ -107,7 +111,7 @@ class Run:
         _check_mesh(config.model.mesh)
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(self.dir)
+        self._lock = _lock(self.dir) if is_primary() else None  # process 0 holds it for all
         self.force = force
         self.reuse = tuple(Path(d) for d in reuse)  # other runs whose finished stages may be ours
         self._claim_config(force)
@@ -121,7 +125,7 @@ class Run:
 
     @functools.cached_property
     def metrics(self) -> MetricsWriter:  # opened on first use: a run that fails checks has none
-        return MetricsWriter(self.dir / "metrics.jsonl", self.dir / "tb")
+        return MetricsWriter(self.dir / "metrics.jsonl", self.dir / "tb", enabled=is_primary())
 
     # --- the whole run ---------------------------------------------------------------------
 
@@ -173,9 +177,11 @@ class Run:
         plan.check_local(self.config, [s for s in stages if s != "prune"])
         self.problems("train")
         self.problems("test")
-        self._discard_stale()
-        for other in self.reuse:
-            self._adopt(other)
+        if is_primary():  # the others wait: they must not see half a deletion or a copy
+            self._discard_stale()
+            for other in self.reuse:
+                self._adopt(other)
+        barrier("preflight: run directory settled")
         think_pending = (
             self.config.rounds >= 1 and not (self.round_dir(1) / "think" / "DONE.json").exists()
         )
@@ -260,7 +266,9 @@ class Run:
         """Run one stage of round r unless it is done; its DONE.json content."""
         out = self.round_dir(r) / stage
         done = out / "DONE.json"
-        if done.exists():
+        finished = done.exists()
+        barrier(f"round {r} {stage}: looked for DONE.json")  # before process 0 may write it
+        if finished:
             _drop_scratch(out)
             return read_json(done)
         for before in STAGES[: STAGES.index(stage)] if r else ():
@@ -499,11 +507,12 @@ class Run:
         tmp = self.dir / "base_model"  # materialize once, so every later load is the same
         made_from = {"model": spec.path, "dtype": spec.dtype, "seed": self.config.seed}
         record = tmp / "MADE_FROM.json"
-        if checkpoint.is_checkpoint(tmp) and (
-            not record.exists() or read_json(record) != made_from
-        ):
+        present = checkpoint.is_checkpoint(tmp)
+        stale = present and (not record.exists() or read_json(record) != made_from)
+        barrier("base model: looked")  # every process decides on the same files
+        if stale and is_primary():
             shutil.rmtree(tmp)  # another preset or seed (--force): draw it again
-        if not checkpoint.is_checkpoint(tmp):
+        if stale or not present:
             checkpoint.save_checkpoint(model, tmp, tokenizer=tokenizer)
             write_json(tmp / "MADE_FROM.json", made_from)
         return load(tmp, **kwargs)
@@ -612,7 +621,8 @@ class Run:
                 theirs = read_json(path)
             fresh = not any(self.dir.glob("round_*"))  # nothing made with the old config yet
             if theirs != mine and fresh:
-                shutil.rmtree(self.dir / "base_model", ignore_errors=True)  # its seed/preset
+                if is_primary():
+                    shutil.rmtree(self.dir / "base_model", ignore_errors=True)  # its seed/preset
             elif theirs != mine and not force:
                 diff = first_difference(theirs, mine)
                 raise TptError(
@@ -655,8 +665,9 @@ class Run:
         if marker.exists() and marker.read_text().strip() == str(pick["round"]):
             return out
         handle = self.model_for(pick["round"])
-        handle.save_hf(out)
-        marker.write_text(f"{pick['round']}\n")
+        handle.save_hf(out)  # every process gathers; process 0 writes
+        if is_primary():
+            marker.write_text(f"{pick['round']}\n")
         _say(f"exported round {pick['round']} ({which}) to {out}")
         return out
 
@@ -666,12 +677,15 @@ def _run_started(run_dir: Path) -> datetime.datetime:
     path = run_dir / "started.json"
     if not path.exists():
         write_json(path, {"time": datetime.datetime.now().isoformat(timespec="seconds")})
+    barrier("started.json")
     return datetime.datetime.fromisoformat(read_json(path)["time"])
 
 
 def _drop_scratch(stage_dir: Path) -> None:
     """Delete what only a resume needs once the stage is done (TRAIN's train state and best
     copy: three times the model's size with Adam's moments; the round's model is kept)."""
+    if not is_primary():
+        return
     for name in SCRATCH:
         if (stage_dir / name).exists():
             shutil.rmtree(stage_dir / name)

@@ -14,6 +14,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from tpt_jax import faults
 from tpt_jax.api import ModelHandle
 from tpt_jax.config import TaskConfig
+from tpt_jax.distributed import is_primary
 from tpt_jax.engine import Sample, SamplingParams
 from tpt_jax.errors import TptError
 from tpt_jax.metrics import Progress
@@ -113,14 +115,16 @@ def sample_to_file(
     done = read_traces(path)
     counts = Counter(r["problem_id"] for r in done)
     finished = {pid for pid, c in counts.items() if c == params.n}
+    records = [r for r in done if r["problem_id"] in finished]
     if done:  # rewrite without a torn tail or a half-written problem: appends start clean
-        write_records(path, [r for r in done if r["problem_id"] in finished])
+        write_records(path, records)
     todo = [i for i, p in enumerate(prompts.problems) if p.id not in finished]
     progress = Progress(label, len(todo) * params.n, "samples")
     tokens_made = 0
     t0 = time.perf_counter()
     if todo:
-        with open(path, "a", encoding="utf-8") as f:
+        # Other processes sample alike and keep the records in memory; process 0 writes them.
+        with open(path, "a", encoding="utf-8") if is_primary() else nullcontext() as f:
             chunks = handle.engine.run_chunks(
                 [prompts.ids[i] for i in todo], params, [prompts.key_ids[i] for i in todo]
             )
@@ -133,15 +137,16 @@ def sample_to_file(
                     if all(s is not None for s in pending[k]):
                         problem = prompts.problems[todo[k]]
                         lines += [_record(problem.id, j, s) for j, s in enumerate(pending.pop(k))]
-                f.write("".join(lines))
-                f.flush()
-                os.fsync(f.fileno())
+                records += [json.loads(line) for line in lines]
+                if f is not None:
+                    f.write("".join(lines))
+                    f.flush()
+                    os.fsync(f.fileno())
                 faults.reached("think.chunk")
                 tokens_per_s = tokens_made / (time.perf_counter() - t0)
                 progress.update(len(chunk), f"{tokens_per_s:.0f} tok/s")
     progress.close()
     order = {p.id: i for i, p in enumerate(prompts.problems)}
-    records = read_traces(path)
     records.sort(key=lambda r: (order.get(r["problem_id"], len(order)), r["sample"]))
     write_records(path, records)
     return records
@@ -159,7 +164,10 @@ def _record(problem_id: str, sample: int, s: Sample) -> str:
 
 
 def write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    """Replace `path` with these JSONL records atomically (temp file, fsync, rename)."""
+    """Replace `path` with these JSONL records atomically (temp file, fsync, rename). Process 0
+    alone writes; the others hold the same records."""
+    if not is_primary():
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

@@ -64,6 +64,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tpt_jax import checkpoint, faults
 from tpt_jax.config import TrainConfig
 from tpt_jax.data import Rows, SFTExample, drop_long, epoch_steps, eval_batches, steps_per_epoch
+from tpt_jax.distributed import to_global, to_host
 from tpt_jax.errors import TptError
 from tpt_jax.losses import chunked_cross_entropy
 from tpt_jax.models.transformer import Transformer
@@ -282,10 +283,10 @@ class _Compiled:
 
     def put(self, rows: Rows) -> Batch:
         """A microbatch's train arrays on the device, rows split over (data, fsdp)."""
-        return jax.device_put(rows.train_arrays(), self.batch_sh)
+        return to_global(rows.train_arrays(), self.batch_sh)
 
     def val_loss(self, params: nnx.State, batches: Sequence[Batch]) -> float:
-        sums = jax.device_get([self.eval(params, batch) for batch in batches])  # one read
+        sums = to_host([self.eval(params, batch) for batch in batches])  # one read
         return sum(float(s) for s, _ in sums) / sum(float(n) for _, n in sums)
 
 
@@ -402,7 +403,7 @@ def train(
     def finish(record: dict[str, Any], metrics: dict[str, jax.Array]) -> None:
         """Book a dispatched step once its metrics are read (one step late: the next step is
         already queued on the device, so reading them stalls nothing)."""
-        values = jax.device_get(metrics)  # one transfer; waits for the step: timing is real
+        values = to_host(metrics)  # one transfer; waits for the step: timing is real
         for key in ("loss", "lr", "grad_norm"):
             record[key] = float(values[key])
         now, compiled = time.perf_counter(), fns.compile_s - clock["compile"]
