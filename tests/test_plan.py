@@ -188,6 +188,15 @@ def test_engine_slots_match_the_engine():
     assert memory.engine_slots(2**26, fixed, per_slot, 10, 64) == 0
     with pytest.raises(TptError, match="holds no decode slot"):
         engine.plan_slots(10, length)
+    # Slots split over data x fsdp: a multiple of it, or an error naming both numbers.
+    mesh = make_mesh((2, 3, 1), jax.devices()[:6])
+    engine = Engine(model, mesh, options=EngineOptions(memory_budget=2**31))
+    assert engine.plan_slots(999, length) == memory.engine_slots(
+        2**31, fixed, per_slot, 999, 64, 6
+    ) == 60  # fmt: skip
+    engine = Engine(model, mesh, options=EngineOptions(memory_budget=2**31, slots=8))
+    with pytest.raises(TptError, match="engine.slots: 8 slots do not split .* = 6 devices"):
+        engine.plan_slots(999, length)
 
 
 # --- (b) the command ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from hf_tiny import CONFIGS, SEQ, make_hf_model
 
 from tpt_jax.api import ModelHandle
 from tpt_jax.hf_io import load_hf_dir
-from tpt_jax.sharding import TRAIN_RULES, logical_to_spec, make_mesh
+from tpt_jax.sharding import TRAIN_RULES, batch_sharding, logical_to_spec, make_mesh
 
 MESHES = [(1, 8, 1), (2, 2, 2), (1, 2, 4), (2, 1, 4)]
 
@@ -60,3 +60,20 @@ def test_mesh_of_wrong_size_is_a_clear_error():
 
     with pytest.raises(TptError, match="needs 6 devices but 8"):
         make_mesh((1, 3, 2))
+
+
+def test_a_batch_that_does_not_split_is_an_error_never_replicated():
+    from tpt_jax.errors import TptError
+
+    mesh = make_mesh((2, 2, 2))
+    assert batch_sharding(mesh, 8).spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
+    with pytest.raises(TptError, match=r"batch of 6 rows .* data x fsdp = 2 x 2 = 4 devices"):
+        batch_sharding(mesh, 6)
+
+
+def test_logits_pad_rows_to_the_mesh(hf_dir, single):
+    """5 rows on 8 row devices: padded to 8 for the forward, the 5 asked for come back."""
+    mesh = make_mesh((1, 8, 1))
+    out = ModelHandle(load_hf_dir(hf_dir, mesh=mesh), None, mesh).logits(tokens()[:5])
+    assert out.shape[0] == 5
+    np.testing.assert_allclose(out, single[:5], rtol=0, atol=1e-5 * np.abs(single).max())

@@ -14,11 +14,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tpt_jax import checkpoint, hf_io
+from tpt_jax.distributed import to_global, to_host
 from tpt_jax.engine import Engine, EngineOptions, Sample, SamplingParams
 from tpt_jax.errors import CheckpointError, TptError
 from tpt_jax.models.config import ModelConfig
 from tpt_jax.models.transformer import Transformer, forward, left_pad, positions_from_valid
-from tpt_jax.sharding import SAMPLE_RULES, batch_sharding, make_mesh
+from tpt_jax.sharding import SAMPLE_RULES, batch_sharding, make_mesh, row_devices
 from tpt_jax.tokenizer import Tokenizer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -82,9 +83,15 @@ class ModelHandle:
         """Next-token logits [B, T, V] (float32 NumPy). Ragged rows are left-padded, so row b's
         logits sit in its last len(row b) positions."""
         tokens, valid = _left_pad(token_ids)
-        positions = np.asarray(positions_from_valid(valid))  # host data, placed by the jit
-        fn = self._compiled_forward(batch_sharding(self.mesh, tokens.shape[0]))
-        return np.asarray(fn(self._split[1], tokens, positions, valid))
+        rows = tokens.shape[0]
+        ways = row_devices(self.mesh)  # rows split over data x fsdp: pad with copies of the last
+        pad = [rows - 1] * (-rows % ways)
+        tokens, valid = tokens[[*range(rows), *pad]], valid[[*range(rows), *pad]]
+        positions = np.asarray(positions_from_valid(valid))
+        sharding = batch_sharding(self.mesh, tokens.shape[0])
+        fn = self._compiled_forward(sharding)
+        inputs = to_global((tokens, positions, valid), sharding)
+        return np.asarray(to_host(fn(self._split[1], *inputs)))[:rows]
 
     @functools.cached_property
     def engine(self) -> Engine:

@@ -93,14 +93,18 @@ def default_budget(mesh: Any, cfg: ModelConfig) -> int:
     return engine_budget(devices[0].platform, free, cache_shards(mesh, cfg))
 
 
-def engine_slots(budget: int, fixed: int, per_slot: int, rows: int, cap: int) -> int:
+def engine_slots(
+    budget: int, fixed: int, per_slot: int, rows: int, cap: int, multiple: int = 1
+) -> int:
     """The engine's slot count: what the budget holds, capped, never more than the next power
-    of two of the rows; a multiple of 8 from 8 up (0: not even one slot fits)."""
+    of two of the rows; a multiple of 8 from 8 up, and of `multiple` (the devices that split
+    the slots, each taking the same share); 0 when not one slot per device fits."""
     fits = (budget - fixed) // per_slot
-    if fits < 1:
+    if fits < max(1, multiple):
         return 0
     slots = min(cap, int(fits), 1 << max(0, math.ceil(math.log2(max(rows, 1)))))
-    return max(1, slots if slots < 8 else slots - slots % 8)
+    slots = slots if slots < 8 else slots - slots % 8
+    return max(multiple, slots - slots % multiple)
 
 
 ParamRow = tuple[int, tuple[int, ...], tuple[str | None, ...]]  # (copies, shape, logical axes)

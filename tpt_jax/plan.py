@@ -42,7 +42,7 @@ from tpt_jax.memory import (
     weight_bytes,
 )
 from tpt_jax.models.config import PRESETS, ModelConfig
-from tpt_jax.sharding import MESH_AXES, SAMPLE_RULES, TRAIN_RULES
+from tpt_jax.sharding import MESH_AXES, SAMPLE_RULES, TRAIN_RULES, row_devices
 
 # Per-chip memory as JAX reports it usable (bytes_limit); cpu: this machine's RAM / devices.
 DEVICE_MEMORY = {"h100": 80, "h200": 139.8, "v5e": 16, "v5p": 95, "v6e": 32}
@@ -244,14 +244,18 @@ def sampling_stage(
     budget = engine_budget(devices.platform, devices.memory - weights, shards)
     budget = budget if eng.memory_gb is None else int(eng.memory_gb * GiB)
     cap = eng.slots or eng.max_slots or max_slots_for(devices.platform)
-    slots, fit = engine_slots(budget, fixed, per_slot, rows, cap), (budget - fixed) // per_slot
+    ways = row_devices(devices)
+    slots = engine_slots(budget, fixed, per_slot, rows, cap, ways)
+    fit = (budget - fixed) // per_slot
     problem = None  # the engine's own refusals: not one slot, or not the slots asked for
-    if fit < (eng.slots or 1):
+    if fit < (eng.slots or ways):
         problem = (
             f"the engine's budget of {budget / shards / GiB:.2f} GiB per device holds "
-            f"{max(fit, 0)} decode slots of {length} positions, not {eng.slots or 1}"
+            f"{max(fit, 0)} decode slots of {length} positions, not {eng.slots or ways}"
         )
-    slots = max(slots, 1)
+    elif eng.slots and eng.slots % ways:
+        problem = f"engine.slots {eng.slots} does not split over data x fsdp = {ways} devices"
+    slots = max(slots, ways)
     kv = slots * length * kv_bytes_per_token(cfg, dtype)
     work = (fixed + slots * per_slot - kv) // shards
     parts = {"weights": weights, "kv_cache": kv // shards, "engine_workspace": work}

@@ -1,8 +1,10 @@
 """The only module that names mesh axes: the mesh, and the rules from logical axes to mesh axes.
 
 Model code names logical axes (`embed`, `vocab`, `q_heads`, ...); a rules table maps each to a
-mesh axis of `('data', 'fsdp', 'tensor')`. A mesh axis that does not divide a dimension is
-dropped for that array (replicated instead), so one table serves every model size and mesh.
+mesh axis of `('data', 'fsdp', 'tensor')`. For weights, a mesh axis that does not divide a
+dimension is dropped for that array (replicated instead), so one table serves every model size
+and mesh. Batches are different: rows that do not divide over (data, fsdp) are an error
+(`batch_sharding`), since replicating them would make every device compute the same rows.
 """
 
 from __future__ import annotations
@@ -85,9 +87,19 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = TRAIN_RULES) ->
     return jax.tree.map(one, state, is_leaf=_is_var)
 
 
+def row_devices(mesh: Mesh) -> int:
+    """How many ways a batch's rows split: the data x fsdp devices."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
 def batch_sharding(mesh: Mesh, batch_size: int, ndim: int = 2) -> NamedSharding:
-    """Rows over (data, fsdp) where they divide; other dimensions replicated."""
-    spec = logical_to_spec(
-        ("batch",) + (None,) * (ndim - 1), (batch_size,) + (1,) * (ndim - 1), mesh
-    )
-    return NamedSharding(mesh, spec)
+    """Rows split over (data, fsdp), other dimensions replicated. `batch_size` must be a
+    multiple of data x fsdp: an error naming both sizes, never a silently replicated batch."""
+    ways = row_devices(mesh)
+    if batch_size % ways:
+        raise TptError(
+            f"a batch of {batch_size} rows does not split over the mesh's data x fsdp = "
+            f"{mesh.shape['data']} x {mesh.shape['fsdp']} = {ways} devices; use a multiple of "
+            f"{ways} rows"
+        )
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *(None,) * (ndim - 1)))

@@ -39,7 +39,7 @@ from tpt_jax.engine import slots as device
 from tpt_jax.engine.sampling import Sample, SamplingParams, sample_keys
 from tpt_jax.errors import TptError
 from tpt_jax.models.transformer import SlotKV, Transformer
-from tpt_jax.sharding import SAMPLE_RULES, logical_to_spec
+from tpt_jax.sharding import SAMPLE_RULES, batch_sharding, logical_to_spec, row_devices
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 VIEW_QUANTUM = 128  # cache lengths are this times a power of two (few compilations)
@@ -163,7 +163,13 @@ class Engine:
                 f"{(fixed + opts.slots * per_slot) / 2**30:.2f} GiB, over the memory budget of "
                 f"{budget / 2**30:.2f} GiB; at most {int(fits)} fit"
             )
-        return memory.engine_slots(budget, fixed, per_slot, rows, cap)
+        ways = row_devices(self.mesh)
+        if opts.slots and opts.slots % ways:
+            raise TptError(
+                f"engine.slots: {opts.slots} slots do not split over the mesh's data x fsdp = "
+                f"{ways} devices; use a multiple of {ways}"
+            )
+        return memory.engine_slots(budget, fixed, per_slot, rows, cap, ways)
 
     def _view(self, needed: int, limit: int) -> int:
         """The smallest cache length of the form 128 * 2^i or 192 * 2^i that holds `needed`
@@ -363,8 +369,7 @@ class Engine:
     # --- the cache -----------------------------------------------------------------------------
 
     def _row_sharding(self, slots: int) -> NamedSharding:
-        spec = logical_to_spec(("batch",), (slots,), self.mesh, SAMPLE_RULES)
-        return NamedSharding(self.mesh, spec)
+        return batch_sharding(self.mesh, slots, 1)
 
     def _cache_sharding(self, shape) -> NamedSharding:
         axes = ("batch", "kv_heads", None, None)
