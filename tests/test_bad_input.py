@@ -424,6 +424,26 @@ def test_same_config_same_run(pair):
     assert files(pair[0]) == files(pair[1])  # no file from process 1, no leftover
 
 
+def test_kill_9_of_one_process_then_relaunch_equals_uninterrupted(pair, tmp_path):
+    """Process 1 of 2 dies by SIGKILL in round 1's TRAIN (logging step 3, after the state both
+    processes saved at step 2): the launcher stops process 0 too; the same command again
+    resumes from that state and finishes with exactly the uninterrupted one-process run's
+    files."""
+    run = tmp_path / "run"
+    command = ["bash", str(ROOT / "launch" / "local.sh"), "2", "--", sys.executable, "-m",
+               "tpt_jax.cli", "run", str(SMOKE), "--run-dir", str(run), *SHORT]  # fmt: skip
+    kill = {**env(), "TPT_KILL_AT": "train.step:5", "TPT_KILL_PROCESS": "1"}  # step 3 logged
+    killed = subprocess.run(command, env=kill, cwd=ROOT, capture_output=True, text=True)
+    assert killed.returncode == 128 + signal.SIGKILL, killed.stderr[-3000:]
+    assert "process 1 exited with 137" in killed.stderr
+    assert (run / "round_1" / "train" / "state" / "COMMITTED").exists()
+    assert not (run / "round_1" / "train" / "DONE.json").exists()
+    resumed = subprocess.run(command, env=env(), cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # metrics.jsonl keeps the killed attempt's records too (steps logged before the kill)
+    assert outputs(run, metrics=False) == outputs(pair[0], metrics=False)
+
+
 def files(run: Path) -> list[str]:
     """The run directory's files, outside TensorBoard's (host-named) event files and Orbax's
     trees (whose internals name the processes that wrote them)."""

@@ -4,7 +4,9 @@
 preempted VM) the 2nd time it reaches that point. Points: "think.chunk", "train.step",
 "checkpoint.write" (inside a checkpoint or train-state save, after the arrays are written and
 before the COMMITTED marker), "checkpoint.commit" (marker written, not yet swapped into place),
-"checkpoint.swapped" (swapped into place, the previous copy not yet deleted).
+"checkpoint.swapped" (swapped into place, the previous copy not yet deleted). With
+`TPT_KILL_PROCESS=I` only process I of a multi-process run (`TPT_PROCESS_ID`, as
+`launch/local.sh` sets it) dies: one host of a slice lost.
 
 `TPT_NAN_AT=7,9` makes training's optimizer steps 7 and 9 (1-based, as logged) produce a NaN
 loss and NaN gradients, as a numerical blow-up would.
@@ -28,6 +30,9 @@ def reached(point: str) -> None:
         return
     name, _, count = target.partition(":")
     if name != point:
+        return
+    only = os.environ.get("TPT_KILL_PROCESS")
+    if only is not None and only != os.environ.get("TPT_PROCESS_ID", "0"):
         return
     _seen[point] += 1
     if _seen[point] >= int(count or 1):
