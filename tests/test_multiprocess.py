@@ -1,6 +1,8 @@
 """Several JAX processes on this machine (`launch/local.sh`, jax.distributed over CPU with gloo
-collectives), as on a pod slice or a GPU cluster: the engine's samples equal one process's, and
-the launcher stops every process when one fails."""
+collectives), as on a pod slice or a GPU cluster: the engine's samples equal one process's,
+checkpoints move between process counts and meshes, and the launchers (local.sh, and
+tpu_pod.sh against a stand-in gcloud) stop every process when one fails. `tpt run` across
+processes is tested in tests/test_bad_input.py (beside the one-process run it must equal)."""
 
 import json
 import os
@@ -95,4 +97,42 @@ def test_local_launcher_stops_every_process_when_one_fails(tmp_path: Path) -> No
 )
 def test_local_launcher_usage(args: list[str]) -> None:
     proc = local(*args)
+    assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+def test_tpu_pod_launcher_stops_every_worker_when_one_fails(tmp_path: Path) -> None:
+    """launch/tpu_pod.sh run, against a stand-in gcloud whose 2 workers are directories here:
+    the command starts detached on both, worker 1 fails, the launcher stops worker 0's command
+    (its whole process group) and exits 1 naming the failure."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").symlink_to(ROOT / "tests" / "fake_gcloud.sh")
+    for i in (0, 1):
+        (tmp_path / f"worker-{i}" / "tpt_jax").mkdir(parents=True)
+    script = "if [[ $HOME == *worker-1 ]]; then sleep 1; exit 3; fi; sleep 120"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "FAKE_ROOT": str(tmp_path), "FAKE_WORKERS": "2", "TPT_POLL_S": "1"}  # fmt: skip
+    pod = ["bash", str(ROOT / "launch" / "tpu_pod.sh")]
+    proc = subprocess.run([*pod, "run", "my-tpu", "zone-a", "--", "bash", "-c", script],
+                          env=env, capture_output=True, text=True, timeout=90)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "a worker failed" in proc.stderr and "exit 3" in proc.stderr
+    group = int((tmp_path / "worker-0" / "tpt_jax" / "logs" / "worker.pid").read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("worker 0's command is still running")
+    states = subprocess.run([*pod, "status", "my-tpu", "zone-a"], env=env, capture_output=True,
+                            text=True, timeout=30).stdout.split("\n")  # fmt: skip
+    assert [line.split()[1:] for line in states if line] == [["stopped"], ["exit", "3"]]
+
+
+@pytest.mark.parametrize("script", ["tpu_pod.sh", "xpk.sh", "slurm.sbatch"])
+def test_cluster_launchers_print_usage(script: str) -> None:
+    proc = subprocess.run(["bash", str(ROOT / "launch" / script)], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage:" in proc.stderr
