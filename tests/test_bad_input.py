@@ -21,6 +21,9 @@ from tpt_jax.round import Run
 
 ROOT = Path(__file__).parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
+# Runs made in this process share its 8 CPU devices: smoke's 4 decode slots must split over
+# data x fsdp, so 4 of them, and tensor takes the other 2.
+IN_PROCESS = "model.mesh=[1,4,2]"
 
 
 def env() -> dict:
@@ -166,7 +169,8 @@ def test_budget_that_leaves_no_validation_set(tmp_path):
     )  # fmt: skip
     assert not (tmp_path / "r" / "base_model").exists()
     for fine in ("prune.on_empty_val=warn", "train.select=last", "prune.val_budget=0"):
-        Run(load_config(cfg, [fine]), tmp_path / fine).preflight(model=False)  # no error
+        run_config = load_config(cfg, [fine, IN_PROCESS])
+        Run(run_config, tmp_path / fine).preflight(model=False)  # no error
 
 
 @pytest.mark.parametrize("policy", ["fail", "warn"])
@@ -175,7 +179,8 @@ def test_prune_that_finds_too_few_candidates_for_validation(tmp_path, policy):
     than it, so all go to training. fail: one-line error, THINK's traces kept; warn: recorded."""
     (tmp_path / policy).mkdir()
     cfg = load_config(
-        gsm8k(tmp_path / policy, extra=f"prune:\n  strategy: correct\n  on_empty_val: {policy}\n")
+        gsm8k(tmp_path / policy, extra=f"prune:\n  strategy: correct\n  on_empty_val: {policy}\n"),
+        [IN_PROCESS],
     )
     run = Run(cfg, tmp_path / policy / "run")
     think = run.round_dir(1) / "think"

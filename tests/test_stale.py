@@ -32,11 +32,16 @@ def write_data(folder: Path, train_shift: int = 0, test_shift: int = 0) -> Path:
     return folder
 
 
+# These runs share the test process's 8 CPU devices: smoke's 4 decode slots must split over
+# data x fsdp, so 4 of them, and tensor takes the other 2.
+IN_PROCESS = "model:\n  mesh: [1, 4, 2]\n"
+
+
 def run_config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "run.yaml"
     data = tmp_path / "data"
     path.write_text(
-        f"base: {SMOKE}\nrounds: 1\ntask:\n  name: gsm8k\n  source: {data}\n"
+        f"base: {SMOKE}\n{IN_PROCESS}rounds: 1\ntask:\n  name: gsm8k\n  source: {data}\n"
         f"  train_size: null\n  test_size: null\n{extra}"
     )
     return path

@@ -174,7 +174,9 @@ def _plan(args: argparse.Namespace) -> None:
 
     config = load_config(args.config, args.set or ())
     model = plan.resolve_model(config.model.path, args.preset)
-    devices, notes = _plan_devices(config.model.mesh, args.device_kind, args.devices)
+    devices, notes = _plan_devices(
+        config.model.mesh, args.device_kind, args.devices, args.hosts, args.devices_per_host
+    )
     result = plan.make_plan(config, model, devices, notes=notes)
     if args.json:
         print(json.dumps({"config": args.config, **result.to_json()}, indent=2))
@@ -182,15 +184,26 @@ def _plan(args: argparse.Namespace) -> None:
         print(_plan_table(result, args.config))
 
 
-def _plan_devices(mesh, kind: str | None, count: int | None):
-    """The devices to plan for: `kind` (default: this machine's), `count` of them (default:
-    model.mesh's product, else the local device count), on model.mesh when its product is the
-    count, else all on fsdp (and a note saying so)."""
+def _plan_devices(
+    mesh, kind: str | None, count: int | None, hosts: int | None, per_host: int | None
+):
+    """The devices to plan for: `kind` (default: this machine's), `count` of them in all
+    (default: hosts x per_host, else model.mesh's product, else the local device count) over
+    `hosts` hosts, on model.mesh when its product is the count, else all on fsdp (and a note
+    saying so)."""
     import jax
 
     from tpt_jax import plan
     from tpt_jax.errors import TptError
 
+    if (hosts or per_host) and kind is None:
+        raise TptError("--hosts and --devices-per-host plan for other machines: add --device-kind")
+    if per_host is not None:
+        if count is not None and count != (hosts or 1) * per_host:
+            raise TptError(
+                f"--devices {count} is not --hosts {hosts or 1} x --devices-per-host {per_host}"
+            )
+        count = (hosts or 1) * per_host
     if count is None:
         count = math.prod(mesh) if mesh else jax.device_count()
     notes = []
@@ -201,7 +214,7 @@ def _plan_devices(mesh, kind: str | None, count: int | None):
     if notes:
         notes[0] += f" {list(mesh)}"
     if kind is not None:
-        return plan.devices_of(kind, count, mesh), notes
+        return plan.devices_of(kind, count, mesh, hosts or 1), notes
     local = plan.local_devices()
     if local is None:
         raise TptError("this machine's devices report no memory size; pass --device-kind")
@@ -383,7 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="memory per device and stage; whether the run fits")
     pl.add_argument("config", help="run config YAML (see configs/)")
-    pl.add_argument("--devices", type=int, help="default: model.mesh's size, else local devices")
+    pl.add_argument(
+        "--devices", type=int, help="in all (default: model.mesh's size, else local devices)"
+    )
+    pl.add_argument("--hosts", type=int, help="hosts (processes) the devices are spread over")
+    pl.add_argument("--devices-per-host", type=int, help="with --hosts: --devices is the product")
     kinds = "cpu, h100, h200, v5e, v5p, v6e"
     pl.add_argument("--device-kind", help=f"{kinds} (default: this machine's)")
     pl.add_argument("--preset", help="the model's architecture, when its path does not tell")

@@ -76,9 +76,10 @@ class Devices:
     matter (`.shape`, what `logical_to_spec` and `cache_shards` read)."""
 
     kind: str  # one of DEVICE_KINDS, or the local accelerator's name
-    count: int
+    count: int  # in all, over every host
     memory: int  # bytes per device
     mesh: tuple[int, int, int]  # (data, fsdp, tensor), product = count
+    hosts: int = 1  # processes (TPU VM workers, GPU nodes), each with count / hosts devices
 
     @property
     def platform(self) -> str:
@@ -89,26 +90,37 @@ class Devices:
         return dict(zip(MESH_AXES, self.mesh, strict=True))
 
     def with_mesh(self, mesh: Sequence[int]) -> Devices:
-        count = math.prod(mesh)
-        memory = self.memory * self.count // count if self.kind == "cpu" else self.memory
-        return dataclasses.replace(self, count=count, memory=memory, mesh=tuple(mesh))
+        """The same kind of devices on `mesh`: one host's devices share its RAM (cpu); several
+        hosts keep their devices per host, so more devices means more hosts."""
+        count, per_host = math.prod(mesh), self.count // self.hosts
+        if self.hosts > 1 and count % per_host == 0:
+            hosts, memory = count // per_host, self.memory
+        else:
+            hosts = 1
+            memory = self.memory * self.count // count if self.kind == "cpu" else self.memory
+        return dataclasses.replace(self, count=count, memory=memory, mesh=tuple(mesh), hosts=hosts)
 
     def describe(self) -> str:
-        return f"{self.count} x {self.kind} ({self.memory / GiB:.1f} GiB), mesh {list(self.mesh)}"
+        where = f"{self.count} x {self.kind} ({self.memory / GiB:.1f} GiB)"
+        if self.hosts > 1:
+            where = f"{self.hosts} hosts x {self.count // self.hosts} = {where}"
+        return f"{where}, mesh {list(self.mesh)}"
 
 
-def devices_of(kind: str, count: int, mesh: Sequence[int] | None = None) -> Devices:
-    """`count` devices of a kind in DEVICE_KINDS (cpu: this machine's RAM shared between them),
-    on `mesh` (default: all of them on fsdp)."""
+def devices_of(kind: str, count: int, mesh: Sequence[int] | None = None, hosts: int = 1) -> Devices:
+    """`count` devices of a kind in DEVICE_KINDS over `hosts` hosts (cpu: each host's RAM, this
+    machine's, shared between its devices), on `mesh` (default: all of them on fsdp)."""
     if kind not in DEVICE_KINDS:
         raise TptError(f"unknown device kind {kind!r}; choose one of: {', '.join(DEVICE_KINDS)}")
     if count < 1:
         raise TptError(f"--devices must be >= 1, got {count}")
-    memory = total_memory_bytes() // count if kind == "cpu" else DEVICE_MEMORY[kind]
+    if hosts < 1 or count % hosts:
+        raise TptError(f"--hosts {hosts} does not divide --devices {count} (devices in all)")
+    memory = total_memory_bytes() * hosts // count if kind == "cpu" else DEVICE_MEMORY[kind]
     mesh = tuple(mesh) if mesh is not None else (1, count, 1)
     if math.prod(mesh) != count:
         raise TptError(f"mesh {list(mesh)} needs {math.prod(mesh)} devices, not {count}")
-    return Devices(kind, count, memory, mesh)  # type: ignore[arg-type]
+    return Devices(kind, count, memory, mesh, hosts)  # type: ignore[arg-type]
 
 
 def local_devices(mesh: Sequence[int] | None = None) -> Devices | None:
@@ -116,12 +128,13 @@ def local_devices(mesh: Sequence[int] | None = None) -> Devices | None:
     accelerator that reports no memory and is not one of DEVICE_KINDS)."""
     first, count = jax.devices()[0], jax.device_count()
     if first.platform == "cpu":
-        return devices_of("cpu", count, mesh)
+        return devices_of("cpu", count, mesh, jax.process_count())
     name = first.device_kind.lower().replace(" ", "").replace("lite", "e")  # TPU v5 lite: v5e
     kind = next((k for k in DEVICE_MEMORY if k in name), name)
     limit = (first.memory_stats() or {}).get("bytes_limit") or DEVICE_MEMORY.get(kind)
     mesh = tuple(mesh) if mesh is not None else (1, count, 1)
-    return Devices(kind, count, int(limit), mesh) if limit else None  # type: ignore[arg-type]
+    hosts = jax.process_count()
+    return Devices(kind, count, int(limit), mesh, hosts) if limit else None  # type: ignore[arg-type]
 
 
 # --- the model, without its weights ------------------------------------------------------------
@@ -270,7 +283,11 @@ def train_stage(cfg: ModelConfig, run: RunConfig, devices: Devices) -> Stage:
     t, master, compute = run.train, jnp.dtype(jnp.float32), jnp.dtype(run.train.compute_dtype)
     weights = weight_bytes(cfg, devices, TRAIN_RULES, master)
     state = {"weights": weights, "gradients": weights, "optimizer": 2 * weights}  # mu and nu
-    rows = split_size(t.micro_batch, devices, "batch")
+    # The trainer's rows of max_len per microbatch: micro_batch rounded down to a multiple of
+    # the data x fsdp devices, at least one row each (data.pack_step), split evenly over them.
+    ways = row_devices(devices)
+    batch = max(ways, t.micro_batch // ways * ways)
+    rows = batch // ways
     tokens = rows * t.max_len
     micro = {**state, "compute_weights": _compute_weights(cfg, devices, master, compute)}
     # XLA:CPU runs bf16 arithmetic in float32 and keeps float32 activations (measured); GPUs
@@ -289,7 +306,7 @@ def train_stage(cfg: ModelConfig, run: RunConfig, devices: Devices) -> Stage:
         micro["activations"] = cfg.num_layers * tokens * act * cfg.hidden_size + layer
     else:
         micro["activations"] = cfg.num_layers * layer
-    micro["logits"] = _logit_bytes(cfg, devices, t.micro_batch, t.max_len, t.loss_chunk)
+    micro["logits"] = _logit_bytes(cfg, devices, batch, t.max_len, t.loss_chunk)
     apply = {**state, "update_workspace": int(UPDATE_COPIES * weights)}
     parts = max(micro, apply, key=lambda p: sum(p.values()))
     details = {"compute_dtype": t.compute_dtype, "master_dtype": "float32"}
@@ -376,7 +393,8 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         d, m = self.devices, self.model
         model = {"name": m.name, "assumed": m.assumed, "params": param_count(m.config)}
-        devices = {"device_kind": d.kind, "devices": d.count, "mesh": list(d.mesh)}
+        devices = {"device_kind": d.kind, "devices": d.count, "hosts": d.hosts}
+        devices["mesh"] = list(d.mesh)
         return {
             "fits": self.fits, "model": model, **devices, "memory_per_device": d.memory,
             "headroom": HEADROOM, "assumed_prompt_tokens": self.prompt_tokens,
@@ -439,15 +457,17 @@ def _changes(
     while "train" in stages and not stages["train"].fits and micro >= 1:
         yield _set(run, devices, f"train.micro_batch: {micro}", "train", micro_batch=micro)
         micro //= 2
+    # Meshes: fsdp doubled, or the devices (as many or doubled) split further over tensor;
+    # fewest devices first, then the least tensor splitting (its all-reduces cost most).
     data, fsdp, tensor = devices.mesh
-    for scale in _doublings(devices.count):
-        mesh = (data, fsdp * scale, tensor)
-        yield _mesh_change(run, devices, mesh)
+    meshes = {(data, fsdp * scale, tensor) for scale in _doublings(devices.count)}
     for scale in (1, *_doublings(devices.count)):
         count = devices.count * scale
         for split in _doublings(1, limit=count // data):
             if split > tensor and (count // data) % split == 0:
-                yield _mesh_change(run, devices, (data, count // data // split, split))
+                meshes.add((data, count // data // split, split))
+    for mesh in sorted(meshes, key=lambda m: (math.prod(m), m[2])):
+        yield _mesh_change(run, devices, mesh)
 
 
 def _doublings(start: int, limit: int = MAX_DEVICES) -> list[int]:
