@@ -230,6 +230,11 @@ def test_plan_for_several_hosts(capsys):
     assert got["mesh"] == [1, 4, 8] and got["stages"]["train"]["master_dtype"] == "float32"
     code, out, _ = run_cli(["plan", config, *slice_], capsys)
     assert "on 8 hosts x 4 = 32 x v5p" in out and out.strip().endswith("fits: yes")
+    # Gemma-2-9B's shipped layout on a v5p-16 slice and on one node of 8 H100s.
+    nine = CONFIGS / "gemma2_9b_gsm8k.yaml"
+    for where in (["v5p", "--hosts", "2", "--devices-per-host", "4"], ["h100", "--devices", "8"]):
+        code, out, _ = run_cli(["plan", nine, "--device-kind", *where, "--json"], capsys)
+        assert json.loads(out)["fits"] and json.loads(out)["mesh"] == [1, 4, 2], where
     code, _, err = run_cli(["plan", config, "--hosts", "8", "--devices-per-host", "4"], capsys)
     one_line_error(code, err, "--hosts and --devices-per-host", "add --device-kind")
     code, _, err = run_cli(["plan", config, *slice_, "--devices", "16"], capsys)
