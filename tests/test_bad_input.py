@@ -7,6 +7,7 @@ record what was read."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -346,6 +347,9 @@ def test_empty_round_stops_cleanly(tmp_path):
 # --- locking, determinism, provenance -------------------------------------------------------
 
 SHORT = ("--set", "rounds=1")  # round 0 and one full round: every stage, half the time
+# On 2 devices: TRAIN shards over fsdp, THINK and EVAL sample over tensor; the trained model
+# goes from one layout to the other on device.
+TWO = (*SHORT, "--set", "engine.mesh=[1,1,2]")
 TIME_FIELDS = {
     "wall_seconds",
     "time",
@@ -389,7 +393,7 @@ def pair(tmp_path_factory) -> tuple[Path, Path]:
     process, the second in 2 processes of one device (launch/local.sh, jax.distributed with
     gloo collectives), as a pod slice runs it."""
     runs = [tmp_path_factory.mktemp(name) / "run" for name in ("first", "second")]
-    run = [sys.executable, "-m", "tpt_jax.cli", "run", str(SMOKE), *SHORT]
+    run = [sys.executable, "-m", "tpt_jax.cli", "run", str(SMOKE), *TWO]
     commands = [
         [*run, "--run-dir", str(runs[0])],
         ["bash", str(ROOT / "launch" / "local.sh"), "2", "--", *run, "--run-dir", str(runs[1])],
@@ -436,7 +440,7 @@ def test_kill_9_of_one_process_then_relaunch_equals_uninterrupted(pair, tmp_path
     files."""
     run = tmp_path / "run"
     command = ["bash", str(ROOT / "launch" / "local.sh"), "2", "--", sys.executable, "-m",
-               "tpt_jax.cli", "run", str(SMOKE), "--run-dir", str(run), *SHORT]  # fmt: skip
+               "tpt_jax.cli", "run", str(SMOKE), "--run-dir", str(run), *TWO]  # fmt: skip
     kill = {**env(), "TPT_KILL_AT": "train.step:5", "TPT_KILL_PROCESS": "1"}  # step 3 logged
     killed = subprocess.run(command, env=kill, cwd=ROOT, capture_output=True, text=True)
     assert killed.returncode == 128 + signal.SIGKILL, killed.stderr[-3000:]
@@ -447,6 +451,23 @@ def test_kill_9_of_one_process_then_relaunch_equals_uninterrupted(pair, tmp_path
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # metrics.jsonl keeps the killed attempt's records too (steps logged before the kill)
     assert outputs(run, metrics=False) == outputs(pair[0], metrics=False)
+
+
+def test_eval_of_a_model_loaded_from_disk_equals_the_one_resharded_on_device(pair, tmp_path):
+    """The run hands round 1's trained model to EVAL on device (fsdp to tensor); a new process
+    that redoes that EVAL loads it from the round's checkpoint instead: the same samples."""
+    run = tmp_path / "run"
+    shutil.copytree(pair[0], run)
+    shutil.rmtree(run / "round_1" / "eval")
+    (run / "round_1" / "manifest.json").unlink()
+    two_devices = {**env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    argv = [sys.executable, "-m", "tpt_jax.cli", "run", str(SMOKE), "--run-dir", str(run), *TWO]
+    proc = subprocess.run(argv, env=two_devices, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[round 1] eval" in proc.stderr and "[round 1] train" not in proc.stderr
+    again, first = outputs(run, metrics=False), outputs(pair[0], metrics=False)
+    for name in ("samples.jsonl", "greedy.jsonl", "summary.json"):
+        assert again[f"round_1/eval/{name}"] == first[f"round_1/eval/{name}"], name
 
 
 def files(run: Path) -> list[str]:
@@ -462,7 +483,7 @@ def test_manifest_provenance(first):
     from tpt_jax.arithmetic import generate_problems
     from tpt_jax.config import config_hash, load_config
 
-    config = load_config(SMOKE, SHORT[1:])
+    config = load_config(SMOKE, TWO[1::2])
     for r, stages in ((0, {"eval"}), (1, {"think", "prune", "train", "eval"})):
         m = json.loads((first / f"round_{r}" / "manifest.json").read_text())
         assert m["round"] == r and m["seed"] == 0 and m["config_hash"] == config_hash(config)

@@ -335,3 +335,23 @@ def test_train_state_refuses_another_tree_and_uncommitted_states(tmp_path: Path)
     with pytest.raises(CheckpointError, match="not replacing"):
         ckpt.save_train_state(foreign, state, {})
     gc.collect()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_reshard_on_device_equals_loading_the_checkpoint(tmp_path: Path, dtype: str) -> None:
+    """TRAIN's model (float32, FSDP over 8 devices) handed to THINK/EVAL on another mesh and
+    dtype without disk: every parameter, its dtype and its sharding are exactly what loading
+    the saved checkpoint there gives (what a resumed run does)."""
+    from tpt_jax.api import reshard
+
+    save_checkpoint(init_model(PRESETS["smollm2-tiny"], 0, jnp.float32), tmp_path / "ck")
+    trained = load_checkpoint(tmp_path / "ck", mesh=make_mesh((1, 8, 1)), rules=TRAIN_RULES)
+    sample_mesh = make_mesh((1, 2, 4))
+    moved = nnx.state(reshard(trained, sample_mesh, SAMPLE_RULES, dtype), nnx.Param)
+    loaded = nnx.state(
+        load_checkpoint(tmp_path / "ck", mesh=sample_mesh, dtype=jnp.dtype(dtype)), nnx.Param
+    )
+    for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(loaded), strict=True):
+        assert a.dtype == b.dtype == jnp.dtype(dtype) and a.sharding == b.sharding
+        assert np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    assert all(x.is_deleted() for x in jax.tree.leaves(nnx.state(trained, nnx.Param)))

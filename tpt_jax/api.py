@@ -18,8 +18,21 @@ from tpt_jax.distributed import to_global, to_host
 from tpt_jax.engine import Engine, EngineOptions, Sample, SamplingParams
 from tpt_jax.errors import CheckpointError, TptError
 from tpt_jax.models.config import ModelConfig
-from tpt_jax.models.transformer import Transformer, forward, left_pad, positions_from_valid
-from tpt_jax.sharding import SAMPLE_RULES, batch_sharding, make_mesh, row_devices
+from tpt_jax.models.transformer import (
+    Transformer,
+    abstract_model,
+    forward,
+    left_pad,
+    positions_from_valid,
+)
+from tpt_jax.sharding import (
+    SAMPLE_RULES,
+    Rules,
+    batch_sharding,
+    make_mesh,
+    row_devices,
+    state_shardings,
+)
 from tpt_jax.tokenizer import Tokenizer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -168,6 +181,27 @@ def _left_pad(token_ids: Any) -> tuple[np.ndarray, np.ndarray]:
     if not rows or min(len(r) for r in rows) == 0:
         raise TptError("logits() needs at least one non-empty row of token ids")
     return left_pad(rows, max(len(r) for r in rows))
+
+
+def reshard(model: Transformer, mesh: Mesh, rules: Rules, dtype: str) -> Transformer:
+    """`model` cast to `dtype` and placed with `rules` on `mesh` (the same devices, another
+    layout: TRAIN's float32 FSDP weights into THINK's bfloat16 tensor-split ones), on device
+    and one parameter at a time, so at most one parameter is held twice. Consumes `model`."""
+    target = DTYPES[dtype]
+    graphdef, abstract = nnx.split(abstract_model(model.config, target))
+    shardings = nnx.to_pure_dict(state_shardings(abstract, mesh, rules))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    del model
+
+    def one(x: jax.Array, sharding: NamedSharding) -> jax.Array:
+        # A jitted cast writes fresh buffers (device_put may alias the input's), so the input
+        # can go at once.
+        y = jax.jit(lambda a: a.astype(target), out_shardings=sharding)(x).block_until_ready()
+        x.delete()
+        return y
+
+    nnx.replace_by_pure_dict(abstract, jax.tree.map(one, params, shardings))
+    return nnx.merge(graphdef, abstract)
 
 
 def load(

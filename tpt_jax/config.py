@@ -246,9 +246,14 @@ class EngineConfig:
     memory_gb: float | None = None  # KV + workspace (None: 90% of free device memory; CPU: RAM/4)
     decode_steps: int = 16  # decode steps per device call between refills of finished slots
     prefill_tokens: int = 8192  # padded prompt tokens per prefill call
+    # THINK and EVAL's (data, fsdp, tensor) over the same devices as model.mesh (None: that
+    # one). Sampling holds no optimizer state: weights whole along fsdp, split over tensor.
+    mesh: tuple[int, ...] | None = None
 
     def check(self) -> None:
         _choice("engine.dtype", self.dtype, ("auto", "float32", "bfloat16"))
+        if self.mesh is not None and (len(self.mesh) != 3 or min(self.mesh) < 1):
+            raise ConfigError(f"engine.mesh must be three positive sizes, got {list(self.mesh)}")
         for key in ("slots", "max_slots"):
             if getattr(self, key) is not None:
                 _at_least(f"engine.{key}", getattr(self, key), 1)

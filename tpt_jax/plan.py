@@ -411,11 +411,15 @@ def run_stages(run: RunConfig) -> tuple[str, ...]:
 
 
 def estimate(run: RunConfig, cfg: ModelConfig, devices: Devices) -> dict[str, Stage]:
-    """Every stage's bytes per device for `run` on `devices`."""
+    """Every stage's bytes per device for `run` on `devices` (THINK and EVAL on engine.mesh
+    when it is set and covers the same devices)."""
     think, test = problems(run, "train") * run.think.n, problems(run, "test") * run.eval.n
+    sample = devices
+    if run.engine.mesh and math.prod(run.engine.mesh) == devices.count:
+        sample = dataclasses.replace(devices, mesh=tuple(run.engine.mesh))
     return {
-        "think": sampling_stage("think", cfg, run, devices, think, run.think.max_new_tokens),
-        "eval": sampling_stage("eval", cfg, run, devices, test, run.eval.max_new_tokens),
+        "think": sampling_stage("think", cfg, run, sample, think, run.think.max_new_tokens),
+        "eval": sampling_stage("eval", cfg, run, sample, test, run.eval.max_new_tokens),
         "train": train_stage(cfg, run, devices),
     }
 

@@ -49,7 +49,7 @@ from typing import Any
 import jax
 
 from tpt_jax import checkpoint, faults, plan
-from tpt_jax.api import ModelHandle, load
+from tpt_jax.api import ModelHandle, load, reshard
 from tpt_jax.arithmetic import generate_problems
 from tpt_jax.config import RunConfig, config_hash, from_dict, to_dict
 from tpt_jax.data import encode_example
@@ -61,7 +61,7 @@ from tpt_jax.metrics import MetricsWriter, Progress
 from tpt_jax.models.config import preset
 from tpt_jax.models.transformer import init_model
 from tpt_jax.prune import prune
-from tpt_jax.sharding import TRAIN_RULES, make_mesh
+from tpt_jax.sharding import SAMPLE_RULES, TRAIN_RULES, make_mesh
 from tpt_jax.stages import first_difference, stage_inputs
 from tpt_jax.tasks import INSTRUCTION, Problem, ProblemList, load_gsm8k
 from tpt_jax.think import (
@@ -109,6 +109,7 @@ class Run:
     ):
         self.config = config
         _check_mesh(config.model.mesh)
+        _check_mesh(config.engine.mesh, "engine.mesh")
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.dir) if is_primary() else None  # process 0 holds it for all
@@ -118,7 +119,11 @@ class Run:
         # One clock per run for chat templates that print today's date (Llama 3.x): prompts, and
         # so sampling keys and TRAIN's fingerprint, stay the same on every day the run resumes.
         self.template_time = _run_started(self.dir)
-        self.mesh = make_mesh(config.model.mesh)
+        self.mesh = make_mesh(config.model.mesh)  # TRAIN's
+        self.sample_mesh = make_mesh(config.engine.mesh) if config.engine.mesh else self.mesh
+        # TRAIN's result, kept on device until THINK or EVAL reshards it into their layout
+        # (no reload from disk): (checkpoint path, model, tokenizer).
+        self._trained: tuple[str, Any, Any] | None = None
         self._handle: tuple[str, ModelHandle] | None = None
         self._problems: dict[str, list[Problem]] | None = None
         self._data: dict[str, Any] = {}  # the manifest's `data`: skipped lines, files read
@@ -403,6 +408,7 @@ class Run:
         if bar:
             bar[0].close()
         checkpoint.save_checkpoint(model, model_dir, tokenizer=handle.tokenizer)
+        self._trained = (str(model_dir), model, handle.tokenizer)
         summary = {k: v for k, v in vars(result).items() if k != "history"}
         return {"model": str(model_dir), "carried": False, **summary}
 
@@ -452,10 +458,20 @@ class Run:
         (THINK, EVAL) in engine.dtype, loaded directly in that dtype so no second copy is made."""
         path = self.model_path(r)
         dtype = dtype or (self.sampling_dtype() if sampling else self.config.model.dtype)
-        key = f"{path}|{rules is not None}|{dtype}"
+        mesh = self.sample_mesh if sampling else self.mesh
+        key = f"{path}|{rules is not None}|{dtype}|{sampling}"
         if self._handle is None or self._handle[0] != key:
             self._handle = None  # free the old weights before loading new ones
-            handle = self._load(path, rules, dtype)
+            trained, self._trained = self._trained, None
+            if sampling and trained is not None and trained[0] == path:
+                # Just trained: cast and reshard on device into the sampling layout.
+                tokenizer, model = trained[2], reshard(trained[1], mesh, SAMPLE_RULES, dtype)
+                del trained
+                options = self.engine_options(dtype)
+                handle = ModelHandle(model, tokenizer, mesh, path, options)
+            else:
+                del trained
+                handle = self._load(path, rules, dtype, mesh)
             if handle.tokenizer is not None:
                 handle.tokenizer.template_time = self.template_time
             self._handle = (key, handle)
@@ -480,10 +496,10 @@ class Run:
             prefill_tokens=cfg.prefill_tokens,
         )
 
-    def _load(self, path: str, rules, dtype: str) -> ModelHandle:
+    def _load(self, path: str, rules, dtype: str, mesh) -> ModelHandle:
         spec = self.config.model
         kwargs = {"rules": rules} if rules is not None else {}
-        kwargs |= {"dtype": dtype, "mesh": self.mesh, "engine": self.engine_options(dtype)}
+        kwargs |= {"dtype": dtype, "mesh": mesh, "engine": self.engine_options(dtype)}
         if not path.startswith("preset:"):
             try:
                 return load(path, **kwargs)
@@ -702,13 +718,14 @@ def _lock(run_dir: Path) -> Any:
     return f
 
 
-def _check_mesh(shape: tuple[int, ...] | None) -> None:
+def _check_mesh(shape: tuple[int, ...] | None, key: str = "model.mesh") -> None:
     if shape is not None and math.prod(shape) != jax.device_count():
         n = jax.device_count()
+        unset = "all devices on fsdp" if key == "model.mesh" else "model.mesh's"
         raise TptError(
-            f"model.mesh: {list(shape)} needs {math.prod(shape)} devices, but {n} "
+            f"{key}: {list(shape)} needs {math.prod(shape)} devices, but {n} "
             f"{'is' if n == 1 else 'are'} available; make the sizes multiply to {n}, or leave "
-            "model.mesh unset (all devices on fsdp)"
+            f"{key} unset ({unset})"
         )
 
 
