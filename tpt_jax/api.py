@@ -30,6 +30,7 @@ from tpt_jax.sharding import (
     Rules,
     batch_sharding,
     make_mesh,
+    moved,
     row_devices,
     state_shardings,
 )
@@ -193,14 +194,8 @@ def reshard(model: Transformer, mesh: Mesh, rules: Rules, dtype: str) -> Transfo
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     del model
 
-    def one(x: jax.Array, sharding: NamedSharding) -> jax.Array:
-        # A jitted cast writes fresh buffers (device_put may alias the input's), so the input
-        # can go at once.
-        y = jax.jit(lambda a: a.astype(target), out_shardings=sharding)(x).block_until_ready()
-        x.delete()
-        return y
-
-    nnx.replace_by_pure_dict(abstract, jax.tree.map(one, params, shardings))
+    moved_params = jax.tree.map(lambda x, s: moved(x, s, target), params, shardings)
+    nnx.replace_by_pure_dict(abstract, moved_params)
     return nnx.merge(graphdef, abstract)
 
 

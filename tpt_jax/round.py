@@ -464,13 +464,13 @@ class Run:
             self._handle = None  # free the old weights before loading new ones
             trained, self._trained = self._trained, None
             if sampling and trained is not None and trained[0] == path:
-                # Just trained: cast and reshard on device into the sampling layout.
-                tokenizer, model = trained[2], reshard(trained[1], mesh, SAMPLE_RULES, dtype)
-                del trained
-                options = self.engine_options(dtype)
-                handle = ModelHandle(model, tokenizer, mesh, path, options)
+                # Just trained: cast and reshard on device into the sampling layout (reshard
+                # consumes the trained weights).
+                _, model, tokenizer = trained
+                model = reshard(model, mesh, SAMPLE_RULES, dtype)
+                handle = ModelHandle(model, tokenizer, mesh, path, self.engine_options(dtype))
             else:
-                del trained
+                trained = None  # its weights go before others are loaded
                 handle = self._load(path, rules, dtype, mesh)
             if handle.tokenizer is not None:
                 handle.tokenizer.template_time = self.template_time

@@ -9,10 +9,13 @@ and mesh. Batches are different: rows that do not divide over (data, fsdp) are a
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -85,6 +88,20 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = TRAIN_RULES) ->
         return NamedSharding(mesh, logical_to_spec(axes, v.shape, mesh, rules))
 
     return jax.tree.map(one, state, is_leaf=_is_var)
+
+
+def moved(x: jax.Array, sharding: NamedSharding, dtype: Any) -> jax.Array:
+    """A fresh copy of `x` cast to `dtype` on `sharding` (any layout over the same devices),
+    with `x` deleted at once: a jitted cast writes new buffers, where device_put may share the
+    input's even across layouts. One compiled cast per (dtype, sharding, shape)."""
+    y = _cast(jnp.dtype(dtype), sharding)(x).block_until_ready()
+    x.delete()
+    return y
+
+
+@functools.lru_cache(maxsize=256)
+def _cast(dtype: Any, sharding: NamedSharding) -> Any:
+    return jax.jit(lambda a: a.astype(dtype), out_shardings=sharding)
 
 
 def row_devices(mesh: Mesh) -> int:

@@ -130,16 +130,16 @@ def sample_to_file(
             )
             pending: dict[int, list] = {}
             for chunk in chunks:
-                lines = []
+                new = []
                 for k, j, sample in chunk:
                     tokens_made += sample.length
                     pending.setdefault(k, [None] * params.n)[j] = handle.add_text(sample)
                     if all(s is not None for s in pending[k]):
                         problem = prompts.problems[todo[k]]
-                        lines += [_record(problem.id, j, s) for j, s in enumerate(pending.pop(k))]
-                records += [json.loads(line) for line in lines]
+                        new += [_record(problem.id, j, s) for j, s in enumerate(pending.pop(k))]
+                records += new
                 if f is not None:
-                    f.write("".join(lines))
+                    f.write("".join(map(_line, new)))
                     f.flush()
                     os.fsync(f.fileno())
                 faults.reached("think.chunk")
@@ -152,14 +152,17 @@ def sample_to_file(
     return records
 
 
-def _record(problem_id: str, sample: int, s: Sample) -> str:
-    record = {
+def _record(problem_id: str, sample: int, s: Sample) -> dict[str, Any]:
+    return {
         "problem_id": problem_id,
         "sample": sample,
         "text": s.text,
         "n_tokens": s.length,
         "finish_reason": s.finish_reason,
     }
+
+
+def _line(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
@@ -170,7 +173,7 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> None:
         return
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        f.writelines(map(_line, records))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -69,7 +69,7 @@ from tpt_jax.errors import TptError
 from tpt_jax.losses import chunked_cross_entropy
 from tpt_jax.models.transformer import Transformer
 from tpt_jax.prefetch import prefetch
-from tpt_jax.sharding import TRAIN_RULES, batch_sharding, logical_to_spec
+from tpt_jax.sharding import TRAIN_RULES, batch_sharding, logical_to_spec, moved
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 Batch = dict[str, jax.Array]
@@ -491,10 +491,7 @@ def _take(params: nnx.State, shardings: Any) -> nnx.State:
         master = _master(x.dtype)
         if x.dtype == master and x.sharding.is_equivalent_to(sharding, x.ndim):
             return jax.device_put(x, sharding)
-        cast = jax.jit(lambda a: a.astype(master), out_shardings=sharding)
-        y = cast(x).block_until_ready()
-        x.delete()
-        return y
+        return moved(x, sharding, master)
 
     return jax.tree.map(one, params, shardings)
 
