@@ -51,6 +51,8 @@ def test_yaml_and_overrides(tmp_path):
         ("train: 3\n", [], "train must be a mapping"),
         ("prune: {strategy: best}\n", [], "prune.strategy must be one of correct, none"),
         ("model: {mesh: [1, 2]}\n", [], "model.mesh must be three positive sizes"),
+        ("model: {dcn_mesh: [2, 1, 1]}\n", [], "model.dcn_mesh needs model.mesh"),
+        ("engine: {mesh: [2, 2, 2], dcn_mesh: [1, 1, 4]}\n", [], "must divide engine.mesh"),
         ("rounds: 1\n", ["train.lr"], "expected key=value"),
         ("a: [1\n", [], "not valid YAML"),
         ("- 1\n", [], "a config must be a mapping"),

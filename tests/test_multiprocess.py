@@ -50,13 +50,17 @@ def saved_here(tiny, tmp_path_factory) -> Path:
     return save_checkpoint(model, tmp_path_factory.mktemp("saved") / "one_process")
 
 
-@pytest.mark.parametrize("mesh", ["1,4,1", "2,1,2"], ids=["fsdp-over-processes", "data-tensor"])
+@pytest.mark.parametrize(
+    "mesh", ["1,4,1", "2,2,1/1,2,1"], ids=["fsdp-over-processes", "fsdp-over-dcn"]
+)
 def test_engine_samples_across_two_processes_equal_one_device(
     tiny, saved_here, tmp_path, mesh: str
 ) -> None:
     """2 processes x 2 devices: prompts and slot state built per process from the same host
     data, tokens gathered back to every process; the samples are one device's, token for
-    token. The data-tensor case loads a checkpoint that one process saved on another mesh and
+    token. The fsdp-over-dcn case is a hybrid mesh whose fsdp axis crosses processes (the DCN of
+    a multi-slice run) and whose data axis stays inside each (in plain device order it would
+    cross them); it also loads a checkpoint that one process saved on another mesh and
     saves it again from both processes; this process restores that on two more meshes, and
     every parameter is the original's, bit for bit."""
     source, saved = (str(tiny), []) if mesh == "1,4,1" else (str(saved_here), [str(tmp_path)])
@@ -66,6 +70,8 @@ def test_engine_samples_across_two_processes_equal_one_device(
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["processes"] == 2
     assert out["samples"] == samples(str(tiny), [1, 1, 1], jax.devices()[:1])
+    if "/" in mesh:
+        assert out["fsdp_processes"] == [[0], [1]]
     if saved:
         original = params(load_hf_dir(tiny))
         for shape in ((1, 1, 1), (2, 2, 2)):

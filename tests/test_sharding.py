@@ -60,6 +60,9 @@ def test_mesh_of_wrong_size_is_a_clear_error():
 
     with pytest.raises(TptError, match="needs 6 devices but 8"):
         make_mesh((1, 3, 2))
+    # One process holds all 8 devices here: a DCN axis over 2 granules has nothing to cross.
+    with pytest.raises(TptError, match=r"spans 2 granules but the devices are on 1 processes"):
+        make_mesh((2, 2, 2), dcn=(2, 1, 1))
 
 
 def test_a_batch_that_does_not_split_is_an_error_never_replicated():

@@ -53,12 +53,14 @@ class ModelSpec:
     path: str = "smollm2"
     dtype: str = "float32"  # master weights; train.compute_dtype is the matmul dtype
     mesh: tuple[int, ...] | None = None  # (data, fsdp, tensor); None: all devices on fsdp
+    # Multi-slice TPU or multi-node: how many slices (else processes) each mesh axis spans, e.g.
+    # [2, 1, 1] puts data across 2 slices over DCN and fsdp, tensor inside each (None: one).
+    dcn_mesh: tuple[int, ...] | None = None
     tokenizer: str | None = None  # tokenizer directory for `preset:` models
 
     def check(self) -> None:
         _choice("model.dtype", self.dtype, ("float32", "bfloat16"))
-        if self.mesh is not None and (len(self.mesh) != 3 or min(self.mesh) < 1):
-            raise ConfigError(f"model.mesh must be three positive sizes, got {list(self.mesh)}")
+        _check_mesh("model", self.mesh, self.dcn_mesh)
 
 
 @dataclass(frozen=True)
@@ -249,11 +251,11 @@ class EngineConfig:
     # THINK and EVAL's (data, fsdp, tensor) over the same devices as model.mesh (None: that
     # one). Sampling holds no optimizer state: weights whole along fsdp, split over tensor.
     mesh: tuple[int, ...] | None = None
+    dcn_mesh: tuple[int, ...] | None = None  # as model.dcn_mesh (None: model.dcn_mesh)
 
     def check(self) -> None:
         _choice("engine.dtype", self.dtype, ("auto", "float32", "bfloat16"))
-        if self.mesh is not None and (len(self.mesh) != 3 or min(self.mesh) < 1):
-            raise ConfigError(f"engine.mesh must be three positive sizes, got {list(self.mesh)}")
+        _check_mesh("engine", self.mesh, self.dcn_mesh)
         for key in ("slots", "max_slots"):
             if getattr(self, key) is not None:
                 _at_least(f"engine.{key}", getattr(self, key), 1)
@@ -474,6 +476,18 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
     if hint is float and not math.isfinite(value):  # YAML's .nan / .inf would pass every `>=`
         raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
     return float(value) if hint is float else value
+
+
+def _check_mesh(section: str, mesh: tuple[int, ...] | None, dcn: tuple[int, ...] | None) -> None:
+    for key, shape in (("mesh", mesh), ("dcn_mesh", dcn)):
+        if shape is not None and (len(shape) != 3 or min(shape) < 1):
+            raise ConfigError(f"{section}.{key} must be three positive sizes, got {list(shape)}")
+    if dcn is not None and mesh is None:
+        raise ConfigError(f"{section}.dcn_mesh needs {section}.mesh (the whole mesh's sizes)")
+    if dcn is not None and any(n % d for n, d in zip(mesh, dcn, strict=True)):
+        raise ConfigError(
+            f"{section}.dcn_mesh {list(dcn)} must divide {section}.mesh {list(mesh)} axis by axis"
+        )
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:

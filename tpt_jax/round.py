@@ -119,8 +119,11 @@ class Run:
         # One clock per run for chat templates that print today's date (Llama 3.x): prompts, and
         # so sampling keys and TRAIN's fingerprint, stay the same on every day the run resumes.
         self.template_time = _run_started(self.dir)
-        self.mesh = make_mesh(config.model.mesh)  # TRAIN's
-        self.sample_mesh = make_mesh(config.engine.mesh) if config.engine.mesh else self.mesh
+        self.mesh = make_mesh(config.model.mesh, dcn=config.model.dcn_mesh)  # TRAIN's
+        self.sample_mesh = self.mesh
+        if config.engine.mesh:
+            dcn = config.engine.dcn_mesh or config.model.dcn_mesh
+            self.sample_mesh = make_mesh(config.engine.mesh, dcn=dcn)
         # TRAIN's result, kept on device until THINK or EVAL reshards it into their layout
         # (no reload from disk): (checkpoint path, model, tokenizer).
         self._trained: tuple[str, Any, Any] | None = None

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from tpt_jax.errors import TptError
@@ -42,8 +43,18 @@ TRAIN_RULES: Rules = {
 SAMPLE_RULES: Rules = {**TRAIN_RULES, "embed": None}
 
 
-def make_mesh(shape: Sequence[int] | None = None, devices: Sequence | None = None) -> Mesh:
-    """A `(data, fsdp, tensor)` mesh; default puts every device on `fsdp`."""
+def make_mesh(
+    shape: Sequence[int] | None = None,
+    devices: Sequence | None = None,
+    dcn: Sequence[int] | None = None,
+) -> Mesh:
+    """A `(data, fsdp, tensor)` mesh of `shape` (default: every device on `fsdp`).
+
+    `dcn` says how many granules each axis spans, where a granule is a TPU slice (by the devices'
+    `slice_index`), else a process (a GPU node, or a process of `launch/local.sh`):
+    each axis's size is `dcn` granules x `shape // dcn` devices inside one, so only the `dcn`
+    axes cross the slow data-centre network (the hybrid ICI x DCN meshes of multi-slice TPU
+    runs). Without it the devices follow JAX's topology-aware order for one slice or node."""
     devices = list(devices if devices is not None else jax.devices())
     shape = tuple(shape) if shape is not None else (1, len(devices), 1)
     if len(shape) != 3:
@@ -52,8 +63,30 @@ def make_mesh(shape: Sequence[int] | None = None, devices: Sequence | None = Non
         raise TptError(
             f"mesh shape {shape} needs {math.prod(shape)} devices but {len(devices)} are available"
         )
-    grid = np.asarray(devices, dtype=object).reshape(shape)
+    if dcn is not None and math.prod(dcn) > 1:
+        grid = _hybrid_grid(shape, tuple(dcn), devices)
+    elif len(devices) == jax.device_count():  # the topology-aware order needs every device
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    else:
+        grid = np.asarray(devices, dtype=object).reshape(shape)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def _hybrid_grid(shape: tuple[int, ...], dcn: tuple[int, ...], devices: list) -> np.ndarray:
+    if len(dcn) != 3 or any(n % d for n, d in zip(shape, dcn, strict=True)):
+        raise TptError(f"dcn mesh {list(dcn)} must divide the mesh {list(shape)} axis by axis")
+    by_slice = devices[0].platform == "tpu"  # CPU devices report a slice_index too, always 0
+    granules = len({d.slice_index if by_slice else d.process_index for d in devices})
+    if math.prod(dcn) != granules:
+        what = "TPU slices" if by_slice else "processes"
+        raise TptError(
+            f"dcn mesh {list(dcn)} spans {math.prod(dcn)} granules but the devices are on "
+            f"{granules} {what}; make the dcn sizes multiply to {granules}"
+        )
+    ici = tuple(n // d for n, d in zip(shape, dcn, strict=True))
+    return mesh_utils.create_hybrid_device_mesh(
+        ici, dcn, devices, process_is_granule=not by_slice, allow_split_physical_axes=True
+    )
 
 
 def logical_to_spec(

@@ -14,7 +14,7 @@ Dependencies (a model is the base spec for round 0, else the TRAIN that made it)
               model), model.dtype, seed
     eval r    model r, task, eval, engine.dtype, seed, test and train data (few-shot examples)
 
-Left out on purpose: model.mesh, engine.mesh and the engine's slot and chunk settings (sampled
+Left out on purpose: the meshes (model.mesh, engine.mesh, their dcn_mesh) and the engine's slot and chunk settings (sampled
 tokens do not depend on them), rounds, export and on_empty_round (they change what runs, not
 what a stage makes). Each upstream stage enters as its own fingerprint, so a change anywhere
 reaches every stage after it.
@@ -62,7 +62,7 @@ def stage_inputs(config: RunConfig, stage: str, r: int, data: dict[str, str]) ->
 def _model(config: RunConfig, r: int, data: dict[str, str]) -> str:
     """A fingerprint of round r's model: the base model's spec, or the TRAIN that made it."""
     if r == 0:
-        spec = {k: v for k, v in to_dict(config)["model"].items() if k != "mesh"}
+        spec = {k: v for k, v in to_dict(config)["model"].items() if "mesh" not in k}
         return fingerprint({"base": spec, "seed": config.seed})  # a preset is drawn from the seed
     return fingerprint(stage_inputs(config, "train", r, data))
 
