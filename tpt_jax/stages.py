@@ -14,10 +14,10 @@ Dependencies (a model is the base spec for round 0, else the TRAIN that made it)
               model), model.dtype, seed
     eval r    model r, task, eval, engine.dtype, seed, test and train data (few-shot examples)
 
-Left out on purpose: the meshes (model.mesh, engine.mesh, their dcn_mesh) and the engine's slot and chunk settings (sampled
-tokens do not depend on them), rounds, export and on_empty_round (they change what runs, not
-what a stage makes). Each upstream stage enters as its own fingerprint, so a change anywhere
-reaches every stage after it.
+Left out on purpose: the meshes (model.mesh, engine.mesh, their dcn_mesh) and the engine's
+slot and chunk settings (sampled tokens do not depend on them), rounds, export and
+on_empty_round (they change what runs, not what a stage makes). Each upstream stage enters as
+its own fingerprint, so a change anywhere reaches every stage after it.
 """
 
 from __future__ import annotations
