@@ -1,5 +1,5 @@
 """Orbax checkpoints: bit-exact round trips across meshes and device counts, dtype casts, and
-crash safety (uncommitted directories refused, an old checkpoint survives a failed overwrite)."""
+crash safety (interrupted saves never loaded, an old checkpoint survives a failed overwrite)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from flax import nnx
 
 from tpt_jax import checkpoint as ckpt
 from tpt_jax.checkpoint import (
-    MARKER,
+    TMP_MARK,
     checkpoint_tokenizer_dir,
     is_checkpoint,
     load_checkpoint,
@@ -126,7 +126,7 @@ def test_relative_paths_work(tmp_path: Path, monkeypatch) -> None:
 def test_saved_dtype_is_the_default(tmp_path: Path) -> None:
     model = _placed(LLAMA, (1, 8, 1), dtype=jnp.bfloat16)
     save_checkpoint(model, tmp_path / "ck")
-    assert json.loads((tmp_path / "ck" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert ckpt.checkpoint_config(tmp_path / "ck")["dtype"] == "bfloat16"
     restored = load_checkpoint(tmp_path / "ck")
     _assert_same_params(model, restored)
     up = load_checkpoint(tmp_path / "ck", dtype=jnp.float32)
@@ -135,20 +135,17 @@ def test_saved_dtype_is_the_default(tmp_path: Path) -> None:
 
 def test_layout_config_and_tokenizer(tmp_path: Path) -> None:
     class FakeTokenizer:
-        def save_pretrained(self, directory: Path) -> None:
+        def save_pretrained(self, directory: str) -> None:
             (Path(directory) / "tokenizer.json").write_text("{}")
 
     directory = save_checkpoint(
         _placed(GEMMA3, (1, 8, 1)), tmp_path / "ck", tokenizer=FakeTokenizer()
     )
-    assert sorted(p.name for p in directory.iterdir()) == [
-        MARKER,
-        "config.json",
-        "params",
-        "tokenizer",
-    ]
-    hf = json.loads((directory / "config.json").read_text())
-    assert hf["tpt_jax_format"] == 1 and hf["model_type"] == "gemma3_text"
+    # An Orbax CheckpointManager root keeping one step (numbered by save), the tokenizer beside.
+    assert sorted(p.name for p in directory.iterdir()) == ["0", "tokenizer"]
+    assert {"config", "params"} <= {p.name for p in (directory / "0").iterdir()}
+    hf = json.loads((directory / "0" / "config" / "metadata").read_text())
+    assert hf["tpt_jax_format"] == 2 and hf["model_type"] == "gemma3_text"
     assert ModelConfig.from_hf_config(hf) == GEMMA3
     assert checkpoint_tokenizer_dir(directory) == directory / "tokenizer"
     assert (checkpoint_tokenizer_dir(directory) / "tokenizer.json").is_file()
@@ -160,6 +157,24 @@ def test_layout_config_and_tokenizer(tmp_path: Path) -> None:
     (hf_dir / "config.json").write_text(json.dumps(LLAMA.to_hf_config()))
     assert not is_checkpoint(hf_dir)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_loads_a_checkpoint_of_the_previous_format(tmp_path: Path) -> None:
+    """Format 1 (our own commit protocol, before Orbax's manager): config.json, params/ and a
+    COMMITTED marker at the top. Runs made then still load; saves write format 2."""
+    model = _placed(LLAMA, (1, 8, 1))
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    checkpointer = ckpt.ocp.Checkpointer(ckpt.ocp.StandardCheckpointHandler())
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    checkpointer.save(legacy / "params", args=ckpt.ocp.args.StandardSave(params))
+    checkpointer.close()
+    (legacy / "config.json").write_text(
+        json.dumps({**ckpt._config_json(model), "tpt_jax_format": 1})
+    )
+    (legacy / "COMMITTED").write_text("tpt_jax checkpoint format 1\n")
+    assert is_checkpoint(legacy)
+    _assert_same_params(model, load_checkpoint(legacy))
 
 
 def _one_line_error(directory: Path, match: str) -> str:
@@ -176,85 +191,57 @@ def _one_line_error(directory: Path, match: str) -> str:
 def test_errors_name_the_path(tmp_path: Path) -> None:
     _one_line_error(tmp_path / "nope", "not found")
     save_checkpoint(_placed(LLAMA, (1, 8, 1)), tmp_path / "ck")
-    (tmp_path / "ck" / "config.json").write_text("{not json")
-    _one_line_error(tmp_path / "ck", "unreadable")
-    (tmp_path / "ck" / "config.json").write_text(json.dumps(LLAMA.to_hf_config()))
+    config = tmp_path / "ck" / "0" / "config" / "metadata"
+    config.write_text("{not json")
+    _one_line_error(tmp_path / "ck", "cannot restore")
+    config.write_text(json.dumps(LLAMA.to_hf_config()))
     _one_line_error(tmp_path / "ck", "not a tpt_jax checkpoint")
-    shutil.rmtree(tmp_path / "ck" / "params" / "d")
-    (tmp_path / "ck" / "config.json").write_text(json.dumps(ckpt._config_json(init_model(LLAMA))))
+    shutil.rmtree(tmp_path / "ck" / "0" / "params" / "d")
+    config.write_text(json.dumps(ckpt._config_json(init_model(LLAMA))))
     _one_line_error(tmp_path / "ck", "cannot restore")
     gc.collect()
 
 
-def test_uncommitted_checkpoint_is_refused(tmp_path: Path) -> None:
+def test_an_interrupted_save_is_never_loaded(tmp_path: Path) -> None:
     model = _placed(LLAMA, (1, 8, 1))
     save_checkpoint(model, tmp_path / "ck")
-    # What a crash before the marker leaves: a complete-looking temporary sibling, no marker.
-    crashed = tmp_path / ".ck.tmp-crash"
-    shutil.copytree(tmp_path / "ck", crashed)
-    (crashed / MARKER).unlink()
-    _one_line_error(crashed, "COMMITTED")
-    assert is_checkpoint(crashed)  # recognised as ours, so callers report the real reason
-    _assert_same_params(model, load_checkpoint(tmp_path / "ck"))
+    # What a crash before the commit leaves: a complete-looking step under Orbax's tmp name.
+    debris = tmp_path / "ck" / f"1{TMP_MARK}-1700000000"
+    shutil.copytree(tmp_path / "ck" / "0", debris)
+    _assert_same_params(model, load_checkpoint(tmp_path / "ck"))  # the committed step 0
+    shutil.rmtree(tmp_path / "ck" / "0")
+    assert is_checkpoint(tmp_path / "ck")  # recognised as ours, so callers report the reason
+    message = _one_line_error(tmp_path / "ck", "no committed checkpoint, only an interrupted")
+    assert debris.name in message
     save_checkpoint(model, tmp_path / "ck")  # the next save clears the debris
-    assert not crashed.exists()
-    (tmp_path / "ck" / MARKER).unlink()
-    _one_line_error(tmp_path / "ck", "COMMITTED")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["0"]
 
 
-@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
-def test_overwrite_keeps_old_until_new_is_complete(tmp_path: Path, monkeypatch, exchange) -> None:
-    if not exchange:
-        monkeypatch.setattr(ckpt, "_exchange", lambda a, b: False)
+def test_overwrite_keeps_old_until_new_is_committed(tmp_path: Path, monkeypatch) -> None:
     old, new = _placed(LLAMA, (1, 8, 1)), init_model(LLAMA, seed=7)
     save_checkpoint(old, tmp_path / "ck")
+    seen = {}
 
-    real_save = ckpt.ocp.Checkpointer.save
+    def reached(point: str) -> None:  # what is on disk at each point of the commit
+        seen[point] = sorted(p.name for p in (tmp_path / "ck").iterdir())
+        if point == "checkpoint.write" and "fail" in seen:
+            raise OSError(28, "No space left on device")
 
-    def failing_save(self, directory, *args, **kwargs):
-        real_save(self, directory, *args, **kwargs)  # the files are written, then it "crashes"
-        raise OSError("disk full")
-
-    monkeypatch.setattr(ckpt.ocp.Checkpointer, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(ckpt.faults, "reached", reached)
+    seen["fail"] = []
+    with pytest.raises(ckpt.CheckpointWriteError, match="No space left on device") as info:
         save_checkpoint(new, tmp_path / "ck")
+    assert str(info.value).endswith("the previous checkpoint there is intact")
     _assert_same_params(old, load_checkpoint(tmp_path / "ck"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # the partial copy is gone
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["0"]  # the partial copy gone
 
-    monkeypatch.setattr(ckpt.ocp.Checkpointer, "save", real_save)
-    seen = []
-    real_swap = ckpt._swap_into_place
-
-    def checking_swap(tmp: Path, directory: Path) -> None:
-        seen.append(np.asarray(load_checkpoint(directory).embed_tokens[...]))  # old, intact
-        seen.append(np.asarray(load_checkpoint(tmp).embed_tokens[...]))  # new, committed
-        real_swap(tmp, directory)
-
-    monkeypatch.setattr(ckpt, "_swap_into_place", checking_swap)
+    seen.clear()
     save_checkpoint(new, tmp_path / "ck")
-    np.testing.assert_array_equal(seen[0], np.asarray(old.embed_tokens[...]))
-    np.testing.assert_array_equal(seen[1], np.asarray(new.embed_tokens[...]))
+    assert seen["checkpoint.write"][0] == "0" and TMP_MARK in seen["checkpoint.write"][1]
+    assert seen["checkpoint.commit"] == ["0", "1"]  # committed; the old one deleted after
     _assert_same_params(new, load_checkpoint(tmp_path / "ck"))
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
-
-
-def test_interrupted_two_rename_swap_points_at_the_old_copy(tmp_path: Path, monkeypatch) -> None:
-    model = _placed(LLAMA, (1, 8, 1))
-    save_checkpoint(model, tmp_path / "ck")
-    monkeypatch.setattr(ckpt, "_exchange", lambda a, b: False)
-    real_rename = ckpt.os.rename
-
-    def rename(src, dst):  # dies after moving the old checkpoint aside
-        real_rename(src, dst)
-        if Path(dst).name.startswith(".ck.old-"):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(ckpt.os, "rename", rename)
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(init_model(LLAMA, seed=3), tmp_path / "ck")
-    message = _one_line_error(tmp_path / "ck", "previous one at")
-    backup = Path(message.rsplit(" at ", 1)[1])
-    _assert_same_params(model, load_checkpoint(backup))
 
 
 def test_refuses_to_replace_a_foreign_directory(tmp_path: Path) -> None:
@@ -324,9 +311,9 @@ def test_train_state_refuses_another_tree_and_uncommitted_states(tmp_path: Path)
     other = {"params": state["params"], "opt": state["opt"][0].mu}  # another optimizer's tree
     with pytest.raises(CheckpointError, match="another model or optimizer"):
         ckpt.load_train_state(tmp_path / "state", _target(other, mesh))
-    (tmp_path / "state" / MARKER).unlink()
+    (tmp_path / "state" / "0").rename(tmp_path / "state" / f"0{TMP_MARK}-1700000000")
     assert ckpt.read_train_state_meta(tmp_path / "state") is None
-    with pytest.raises(CheckpointError, match="no committed train state"):
+    with pytest.raises(CheckpointError, match="no committed train state, only an interrupted"):
         ckpt.load_train_state(tmp_path / "state", _target(state, mesh))
     assert ckpt.read_train_state_meta(tmp_path / "missing") is None
     foreign = tmp_path / "foreign"

@@ -1,27 +1,31 @@
-"""Our own checkpoints: a HF-form config.json plus an Orbax tree of the parameters, committed
-atomically. The only module of the package that imports orbax.
+"""Our own checkpoints, through Orbax's `CheckpointManager`: atomic, asynchronous, multi-host,
+on local paths and `gs://`. The only module of the package that imports orbax.
 
-Layout of a checkpoint directory:
-    config.json  the ModelConfig as a HF config.json, plus `tpt_jax_format` and the param dtype
-    params/      Orbax (StandardCheckpointHandler) tree of the `nnx.Param` state as a pure dict
-    tokenizer/   optional: whatever `tokenizer.save_pretrained` writes
-    COMMITTED    written last; a directory without it is never loaded
+A checkpoint directory is a manager's root that keeps one finished save (`max_to_keep=1`), in a
+step directory numbered by save (0, 1, ...):
 
-Everything is written into a hidden temporary sibling, fsync'd, marked, then swapped into place,
-so a crash at any moment leaves the old or the new checkpoint, never a half-written one; the next
-save removes the siblings a crash left behind. A save that fails (disk full, a path that cannot
-be a directory) raises `CheckpointWriteError`, one line with the directory and the OS reason,
-after removing its temporary sibling; the previous checkpoint stays in place.
-Restoring builds the abstract model and hands Orbax the target shardings, so each device reads
-only its own shards, on any mesh shape or device count.
+    <n>/params/    Orbax tree (StandardSave) of the model's `nnx.Param` state as a pure dict
+    <n>/config/    the ModelConfig as a HF config.json, plus `tpt_jax_format` and the dtype
+    tokenizer/     optional: whatever `tokenizer.save_pretrained` writes, beside the steps
+
+A train state's step holds `arrays/` (every leaf of the state, flat) and `state/` (the leaves'
+key paths and the caller's JSON metadata).
+
+Orbax writes each save into `<n>.orbax-checkpoint-tmp-*` and renames it to `<n>` to commit it
+(on `gs://`, a commit file instead of the rename); only then is the previous step deleted. So a
+kill at any moment leaves the old save or the new one, never half of one, and the next save
+removes the debris. Our one addition to that protocol (`_DurableRename`): the data is fsync'd
+before the rename, which Orbax leaves to the filesystem, so a power cut cannot commit a step
+whose files are not on disk. A save that fails (disk full, a path that cannot be a directory)
+raises `CheckpointWriteError`, one line with the directory, the OS reason and what is left.
+Restoring hands Orbax the target shardings, so each device reads only its own shards, on any
+mesh shape, device count or number of processes.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
+import asyncio
 import gc
-import glob
 import json
 import logging
 import os
@@ -29,10 +33,6 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
-import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +40,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
 from tpt_jax import faults
-from tpt_jax.distributed import as_global, barrier, is_primary, shared_token
+from tpt_jax.distributed import as_global, is_primary
 from tpt_jax.errors import CheckpointError
 from tpt_jax.models.config import ModelConfig
 from tpt_jax.models.transformer import Transformer, abstract_model
 from tpt_jax.sharding import SAMPLE_RULES, Rules, make_mesh, state_shardings
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FORMAT_KEY = "tpt_jax_format"
-MARKER = "COMMITTED"
+TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a step directory Orbax has not committed
+LEGACY_MARKER = "COMMITTED"  # format 1 (our own commit protocol): still loaded, never written
 
 
 class CheckpointWriteError(CheckpointError, OSError):
@@ -61,33 +63,21 @@ class CheckpointWriteError(CheckpointError, OSError):
 
 
 def save_checkpoint(model: Transformer, directory: str | Path, *, tokenizer: Any = None) -> Path:
-    """Write `model` (and `tokenizer`, if given) as a committed checkpoint at `directory`.
+    """Write `model` (and `tokenizer`, if given) as a checkpoint at `directory`.
 
-    An existing checkpoint there stays loadable until the new one is complete on disk.
+    An existing checkpoint there stays loadable until the new one is committed.
     """
-    directory, write = _checkpoint_job(model, directory, tokenizer, host_copy=False)
-    _write_committed(directory, write, "checkpoint")
+    directory = _path(directory)
+    _save(directory, _model_items(model, host_copy=False), "checkpoint", tokenizer=tokenizer)
     return directory
 
 
-def _checkpoint_job(
-    model: Transformer, directory: str | Path, tokenizer: Any, *, host_copy: bool
-) -> tuple[Path, Callable[[Path], None]]:
-    directory = Path(directory).absolute()
-    hf_cfg = _config_json(model)
+def _model_items(model: Transformer, *, host_copy: bool) -> dict[str, Any]:
     params = as_global(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    if host_copy and jax.process_count() == 1:
-        params = _to_host(params)
-
-    def write(tmp: Path) -> None:
-        _save_tree(tmp / "params", params)  # every process writes its own shards
-        if is_primary():
-            (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
-            if tokenizer is not None:
-                (tmp / "tokenizer").mkdir()
-                tokenizer.save_pretrained(tmp / "tokenizer")
-
-    return directory, write
+    return {
+        "params": ocp.args.StandardSave(_host(params) if host_copy else params),
+        "config": ocp.args.JsonSave(_config_json(model)),
+    }
 
 
 def load_checkpoint(
@@ -97,17 +87,15 @@ def load_checkpoint(
     mesh: Mesh | None = None,
     rules: Rules = SAMPLE_RULES,
 ) -> Transformer:
-    """The model in a committed checkpoint, each parameter placed with its sharding on `mesh`
-    (default: one device) and cast to `dtype` (default: the dtype it was saved in)."""
-    directory = Path(directory)
-    hf_cfg = _read_config(directory)
+    """The model in a checkpoint, each parameter placed with its sharding on `mesh` (default:
+    one device) and cast to `dtype` (default: the dtype it was saved in)."""
+    directory = _path(directory)
+    hf_cfg, config_file, manager, step = _read_config(directory)
     try:
         cfg = ModelConfig.from_hf_config(hf_cfg)
         dtype = jnp.dtype(dtype if dtype is not None else hf_cfg["dtype"])
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(
-            f"{directory / 'config.json'}: invalid checkpoint config ({e})"
-        ) from None
+        raise CheckpointError(f"{config_file}: invalid checkpoint config ({e})") from None
     mesh = mesh or make_mesh((1, 1, 1), jax.devices()[:1])
     graphdef, abstract = nnx.split(abstract_model(cfg, dtype))
     shardings = nnx.to_pure_dict(state_shardings(abstract, mesh, rules))
@@ -117,20 +105,45 @@ def load_checkpoint(
         nnx.to_pure_dict(abstract),
         shardings,
     )
-    restored = _restore_tree(directory / "params", target)
+    if manager is None:  # format 1
+        restored = _restore_legacy(directory / "params", target)
+    else:
+        restored = _restore(manager, step, params=ocp.args.StandardRestore(target))
     nnx.replace_by_pure_dict(abstract, restored)
     return nnx.merge(graphdef, abstract)
 
 
+def checkpoint_config(directory: str | Path) -> dict[str, Any]:
+    """The HF-form config.json dict of the checkpoint at `directory` (no weights read)."""
+    return _read_config(_path(directory))[0]
+
+
+def _read_config(directory: Any) -> tuple[dict[str, Any], Any, Any, int | None]:
+    """(config dict, where it is, the reading manager, its step); no manager for format 1."""
+    if (directory / LEGACY_MARKER).is_file():
+        config_file = directory / "config.json"
+        hf_cfg = _check_config(_read_json(config_file, "checkpoint config"), config_file)
+        return hf_cfg, config_file, None, None
+    manager, step = _latest(directory, "checkpoint")
+    config_file = directory / str(step) / "config"
+    hf_cfg = _check_config(_restore(manager, step, config=ocp.args.JsonRestore()), config_file)
+    return hf_cfg, config_file, manager, step
+
+
 def is_checkpoint(directory: str | Path) -> bool:
-    """Whether `directory` was written by `save_checkpoint` (committed or not: loading an
-    uncommitted one then fails with the reason, instead of being mistaken for a HF directory)."""
-    directory = Path(directory)
-    if (directory / MARKER).is_file():
-        return True
+    """Whether `directory` holds our checkpoints or train states (finished or not: loading an
+    unfinished one then fails with the reason, instead of it being mistaken for a HF
+    directory)."""
+    directory = _path(directory)
     try:
-        return FORMAT_KEY in json.loads((directory / "config.json").read_text())
-    except (OSError, ValueError, TypeError):
+        if not directory.is_dir():
+            return False
+        if (directory / LEGACY_MARKER).is_file():
+            return True
+        return any(
+            _step_number(p.name) is not None or TMP_MARK in p.name for p in directory.iterdir()
+        )
+    except OSError:
         return False
 
 
@@ -143,26 +156,23 @@ def checkpoint_tokenizer_dir(directory: str | Path) -> Path | None:
 # --- train states -----------------------------------------------------------------------------
 # A train state is any pytree of arrays (parameters, optimizer state) plus JSON metadata (step,
 # best-so-far, history). The arrays are stored flat, one Orbax entry per leaf, with the leaves'
-# key paths in state.json: restoring needs no knowledge of optax's or nnx's tree types, and a
+# key paths beside them: restoring needs no knowledge of optax's or nnx's tree types, and a
 # state written for another model or optimizer is refused by name instead of half-restored.
 
 STATE_FORMAT = 1
 
 
 def save_train_state(directory: str | Path, state: Any, meta: dict[str, Any]) -> Path:
-    """Write `state` (a pytree of arrays) and `meta` (JSON-able) as a committed train state.
+    """Write `state` (a pytree of arrays) and `meta` (JSON-able) as a train state.
 
-    Atomic like `save_checkpoint`: the previous state stays loadable until this one is complete.
+    Atomic like `save_checkpoint`: the previous state stays loadable until this one is committed.
     """
-    directory, write = _train_state_job(directory, state, meta, host_copy=False)
-    _write_committed(directory, write, "train state")
+    directory = _path(directory)
+    _save(directory, _train_state_items(state, meta, host_copy=False), "train state")
     return directory
 
 
-def _train_state_job(
-    directory: str | Path, state: Any, meta: dict[str, Any], *, host_copy: bool
-) -> tuple[Path, Callable[[Path], None]]:
-    directory = Path(directory).absolute()
+def _train_state_items(state: Any, meta: dict[str, Any], *, host_copy: bool) -> dict[str, Any]:
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     header = {
         "tpt_jax_train_state": STATE_FORMAT,
@@ -170,97 +180,38 @@ def _train_state_job(
         "meta": json.loads(json.dumps(meta)),  # a copy: the caller goes on changing `meta`
     }
     arrays = as_global({_leaf_key(i): leaf for i, (_, leaf) in enumerate(leaves)})
-    if host_copy and jax.process_count() == 1:
-        arrays = _to_host(arrays)
-
-    def write(tmp: Path) -> None:
-        _save_tree(tmp / "arrays", arrays)
-        if is_primary():
-            (tmp / "state.json").write_text(json.dumps(header) + "\n")
-
-    return directory, write
-
-
-def _to_host(tree: Any) -> Any:
-    """Host copies of every array: the device buffers may be donated to the next train step
-    while a background save is still writing (on CPU `np.asarray` would alias them)."""
-    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
-
-
-class AsyncSaver:
-    """Saves on one background thread, in the order submitted, so that training goes on while
-    they are written. Each save copies its arrays to host memory first (one device sync), then
-    runs the same protocol as a synchronous save on the thread: temporary sibling, Orbax write,
-    fsync, COMMITTED marker, atomic swap. A kill -9 at any moment leaves the previous save or
-    the new one, never half of one. A failed save is raised (its one-line error) by the next
-    `save_*` or by `wait`.
-
-    Why not Orbax's AsyncCheckpointer alone: it writes in the background too, but the marker and
-    the swap must follow a finished write, and its own finalize does not fsync the data before
-    committing; running our tested commit protocol on the thread keeps one code path."""
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def save_checkpoint(self, model: Transformer, directory: str | Path) -> None:
-        self._submit(*_checkpoint_job(model, directory, None, host_copy=True), "checkpoint")
-
-    def save_train_state(self, directory: str | Path, state: Any, meta: dict[str, Any]) -> None:
-        self._submit(*_train_state_job(directory, state, meta, host_copy=True), "train state")
-
-    def wait(self) -> None:
-        """Block until every submitted save is on disk; raise the first that failed."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-    def _submit(self, directory: Path, write: Callable[[Path], None], what: str) -> None:
-        self.wait()  # one save in flight: a second would double the host copies
-        if jax.process_count() > 1:
-            # Synchronous: the arrays span other processes' devices (no whole host copy), and
-            # every process must reach the save's barriers in the same order as the others.
-            _write_committed(directory, write, what)
-            return
-
-        def run() -> None:
-            try:
-                _write_committed(directory, write, what)
-            except BaseException as e:  # noqa: BLE001 - raised on the caller's thread
-                self._error = e
-
-        self._thread = threading.Thread(target=run, name="tpt-save", daemon=False)
-        self._thread.start()
+    return {
+        "arrays": ocp.args.StandardSave(_host(arrays) if host_copy else arrays),
+        "state": ocp.args.JsonSave(header),
+    }
 
 
 def read_train_state_meta(directory: str | Path) -> dict[str, Any] | None:
-    """The metadata of the committed train state at `directory`, or None if there is none."""
-    header = _read_state_header(Path(directory))
-    return None if header is None else header["meta"]
+    """The metadata of the last finished train state at `directory`, or None if there is none."""
+    directory = _path(directory)
+    if not is_checkpoint(directory):
+        return None
+    manager, step = _latest(directory, "train state", missing_ok=True)
+    return None if step is None else _state_header(manager, step, directory)["meta"]
 
 
 def load_train_state(directory: str | Path, target: Any) -> tuple[Any, dict[str, Any]]:
-    """(state, meta) from a committed train state. `target` is a pytree of
+    """(state, meta) from the last finished train state. `target` is a pytree of
     `jax.ShapeDtypeStruct` with shardings (the shape of what was saved): each device reads only
     its own shards, on any mesh."""
-    directory = Path(directory)
-    header = _read_state_header(directory)
-    if header is None:
-        raise CheckpointError(f"{directory}: no committed train state")
+    directory = _path(directory)
+    manager, step = _latest(directory, "train state")
+    header = _state_header(manager, step, directory)
     paths, treedef = jax.tree_util.tree_flatten_with_path(target)
     names = [jax.tree_util.keystr(path) for path, _ in paths]
     if names != header["leaves"]:
         missing = sorted(set(names) ^ set(header["leaves"]))[:3]
         raise CheckpointError(
-            f"{directory / 'state.json'}: saved for another model or optimizer "
+            f"{directory / str(step) / 'state'}: saved for another model or optimizer "
             f"(differs at {', '.join(missing) or 'leaf order'})"
         )
-    restored = _restore_tree(
-        directory / "arrays", {_leaf_key(i): leaf for i, (_, leaf) in enumerate(paths)}
-    )
+    arrays = {_leaf_key(i): leaf for i, (_, leaf) in enumerate(paths)}
+    restored = _restore(manager, step, arrays=ocp.args.StandardRestore(arrays))
     leaves = [restored[_leaf_key(i)] for i in range(len(paths))]
     return jax.tree_util.tree_unflatten(treedef, leaves), header["meta"]
 
@@ -269,134 +220,270 @@ def _leaf_key(i: int) -> str:
     return f"leaf_{i:06d}"
 
 
-def _read_state_header(directory: Path) -> dict[str, Any] | None:
-    if not (directory / MARKER).is_file():
-        return None
-    path = directory / "state.json"
-    try:
-        header = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable train state ({e})") from None
+def _state_header(manager: ocp.CheckpointManager, step: int, directory: Any) -> dict[str, Any]:
+    header = _restore(manager, step, state=ocp.args.JsonRestore())
     if not isinstance(header, dict) or header.get("tpt_jax_train_state") != STATE_FORMAT:
-        raise CheckpointError(f"{path}: not a tpt_jax train state of format {STATE_FORMAT}")
+        raise CheckpointError(
+            f"{directory / str(step) / 'state'}: not a tpt_jax train state of format {STATE_FORMAT}"
+        )
     return header
+
+
+class AsyncSaver:
+    """Saves in the background, in the order submitted, so that training goes on while they
+    are written: Orbax's asynchronous `CheckpointManager.save` returns once the arrays are
+    copied off the device, and writes and commits on its own threads (every process taking
+    part). One save is in flight at a time (a second would double the host copies). A failed
+    save is raised (its one-line error) by the next `save_*` or by `wait`."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[ocp.CheckpointManager, Any, str]] = []
+
+    def save_checkpoint(self, model: Transformer, directory: str | Path) -> None:
+        self._submit(_path(directory), _model_items(model, host_copy=True), "checkpoint")
+
+    def save_train_state(self, directory: str | Path, state: Any, meta: dict[str, Any]) -> None:
+        items = _train_state_items(state, meta, host_copy=True)
+        self._submit(_path(directory), items, "train state")
+
+    def wait(self) -> None:
+        """Block until every submitted save is committed; raise the first that failed."""
+        pending, self._pending = self._pending, []
+        error: BaseException | None = None
+        for manager, directory, what in pending:
+            try:
+                with _quiet_saving():
+                    manager.wait_until_finished()
+            except Exception as e:  # noqa: BLE001 - Orbax raises many types; one line for all
+                error = error or _failed(directory, what, e)
+            finally:
+                manager.close()
+        if error is not None:
+            raise error
+
+    def _submit(self, directory: Any, items: dict[str, Any], what: str) -> None:
+        self.wait()
+        self._pending.append(
+            (_start_save(directory, items, what, background=True), directory, what)
+        )
 
 
 # --- internals ------------------------------------------------------------------------------
 
 
-def _write_committed(directory: Path, write: Callable[[Path], None], what: str) -> None:
-    """Run `write(tmp)` into a hidden sibling, fsync it, mark it COMMITTED, swap it into place.
-    An OSError on the way (disk full, a parent that is a file, ...) becomes one line naming
-    `directory`, the reason and what is left there.
+def _path(directory: str | Path) -> Any:
+    """An `epath.Path` (local or `gs://`); local paths made absolute, as Orbax requires."""
+    text = os.fspath(directory)
+    return epath.Path(text) if "://" in text else epath.Path(Path(text).absolute())
 
-    Several processes: all of them write their shards into one temporary sibling (its name
-    drawn by process 0), and process 0 alone marks and swaps it once all have written."""
+
+def _local(directory: Any) -> bool:
+    return "://" not in os.fspath(directory)
+
+
+def _step_number(name: str) -> int | None:
+    return int(name) if name.isdigit() else None
+
+
+def _options(directory: Any, *, background: bool = False, writing: bool = True) -> Any:
+    return ocp.CheckpointManagerOptions(
+        max_to_keep=1,  # the previous step is deleted only once the new one is committed
+        create=writing,
+        cleanup_tmp_directories=writing,  # debris of an interrupted save
+        enable_async_checkpointing=background,
+        # gs:// keeps Orbax's default there (a commit file: a rename is a copy on GCS).
+        temporary_path_class=_DurableRename if _local(directory) else None,
+    )
+
+
+class _DurableRename(ocp.path.atomicity.AtomicRenameTemporaryPath):
+    """Orbax's commit by rename, with the step's files fsync'd before it and the rename
+    fsync'd after it; the points where the fault tests kill a save are marked here."""
+
+    async def finalize(self, *args: Any, **kwargs: Any) -> None:
+        await asyncio.to_thread(_fsync_tree, Path(os.fspath(self.get())))
+        faults.reached("checkpoint.write")  # written, not committed
+        await super().finalize(*args, **kwargs)
+        await asyncio.to_thread(_fsync, Path(os.fspath(self.get_final())).parent)
+        faults.reached("checkpoint.commit")  # committed, the previous step not yet deleted
+
+
+def _save(directory: Any, items: dict[str, Any], what: str, tokenizer: Any = None) -> None:
+    manager = _start_save(directory, items, what, tokenizer=tokenizer)
     try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        occupied = directory.is_file() or (directory.is_dir() and any(directory.iterdir()))
-    except OSError as e:
-        raise _write_error(directory, what, e) from e
-    if occupied and not is_checkpoint(directory):
-        # Replacing would delete whatever is there: refuse rather than guess it is disposable.
-        raise CheckpointError(f"{directory}: exists and is not a tpt_jax checkpoint; not replacing")
-    primary = is_primary()
-    if primary:
-        _remove_leftovers(directory)
-    tmp = None
-    try:
-        if jax.process_count() == 1:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        else:
-            tmp = directory.parent / f".{directory.name}.tmp-{shared_token()}"
-            if primary:
-                tmp.mkdir()
-            barrier(f"checkpoint mkdir {tmp}")
-        write(tmp)
-        barrier(f"checkpoint written {tmp}")
-        faults.reached("checkpoint.write")
-        if primary:
-            # The marker must not reach the disk before the data it vouches for.
-            _fsync_tree(tmp)
-            with open(tmp / MARKER, "w") as f:
-                f.write(f"tpt_jax checkpoint format {FORMAT_VERSION}\n")
-                f.flush()
-                os.fsync(f.fileno())
-            _fsync(tmp)
-            faults.reached("checkpoint.commit")
-            _swap_into_place(tmp, directory)
-            faults.reached("checkpoint.swapped")
-        barrier(f"checkpoint committed {directory}")  # nobody reads it before it is in place
-    except OSError as e:
-        raise _write_error(directory, what, e) from e
+        with _quiet_saving():
+            manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - Orbax raises many types; one line for all
+        raise _failed(directory, what, e) from e
     finally:
-        # After a swap `tmp` holds the previous checkpoint; after a failure, the partial one.
-        if tmp is not None and primary:
-            _remove_tree(tmp)
+        manager.close()
 
 
-def _remove_tree(path: Path) -> None:
-    """Best-effort removal. After a failed save, TensorStore may still be finishing writes into
-    `path` for a moment and recreate what rmtree just removed: retry for up to ~2 s. What
-    remains is removed by the next save (`_remove_leftovers`)."""
-    for _ in range(40):
-        shutil.rmtree(path, ignore_errors=True)
-        if not path.exists():
-            return
-        time.sleep(0.05)
+def _start_save(
+    directory: Any, items: dict[str, Any], what: str, *, background: bool = False,
+    tokenizer: Any = None,
+) -> ocp.CheckpointManager:  # fmt: skip
+    """Open the manager at `directory` and start a save of `items` as the next step; the
+    caller waits for it (and closes the manager)."""
+    try:
+        occupied = directory.is_file() or (directory.is_dir() and any(directory.iterdir()))
+        if occupied and not is_checkpoint(directory):
+            # Replacing would delete whatever is there: refuse rather than guess it is disposable.
+            raise CheckpointError(
+                f"{directory}: exists and is not a tpt_jax checkpoint; not replacing"
+            )
+        manager = ocp.CheckpointManager(
+            directory, options=_options(directory, background=background)
+        )
+    except OSError as e:
+        raise _write_error(directory, what, e) from e
+    except Exception as e:  # noqa: BLE001 - e.g. Orbax's own "exists and is not a directory"
+        if isinstance(e, CheckpointError):
+            raise
+        raise _failed(directory, what, e) from e
+    try:
+        if tokenizer is not None and is_primary():
+            _write_tokenizer(tokenizer, directory)
+        latest = manager.latest_step()
+        step = 0 if latest is None else latest + 1
+        with _quiet_saving():
+            manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # noqa: BLE001
+        manager.close()
+        raise _failed(directory, what, e) from e
+    return manager
 
 
-def _write_error(directory: Path, what: str, e: OSError) -> CheckpointWriteError:
+def _write_tokenizer(tokenizer: Any, directory: Any) -> None:
+    """`tokenizer/` beside the steps, replaced whole: written locally, then copied in. Not part
+    of the atomic step (a kill can leave a new tokenizer beside the old step), which is safe
+    for how it is used: a run's tokenizer does not change between its rounds."""
+    with tempfile.TemporaryDirectory(prefix="tpt-tokenizer-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        target = directory / "tokenizer"
+        if target.exists():
+            target.rmtree()
+        target.mkdir(parents=True)
+        for name in sorted(os.listdir(tmp)):
+            if os.path.isfile(os.path.join(tmp, name)):
+                (target / name).write_bytes(Path(tmp, name).read_bytes())
+
+
+def _failed(directory: Any, what: str, e: BaseException) -> CheckpointError:
+    """The one-line error for a failed save: the OS reason when there is one (TensorStore
+    reports a failed write as ValueError("... [os_error_code='28']"))."""
+    if isinstance(e, CheckpointError):
+        return e
+    if _local(directory):
+        for debris in directory.glob(f"*{TMP_MARK}*") if directory.is_dir() else ():
+            shutil.rmtree(debris, ignore_errors=True)
+    if not isinstance(e, OSError):
+        code = re.search(r"os_error_code='?(\d+)", str(e))
+        if code is None:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return CheckpointError(f"{directory}: cannot write {what} ({first})")
+        number = int(code.group(1))
+        e = OSError(number, os.strerror(number), os.fspath(directory))
+    return _write_error(directory, what, e)
+
+
+def _write_error(directory: Any, what: str, e: OSError) -> CheckpointWriteError:
     """`directory: cannot write <what> (<OS reason>); <what is left there>`."""
     reason = e.strerror or str(e) or type(e).__name__
-    blocker = next((p for p in directory.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:  # mkdir says "File exists" or "Not a directory": name the file
-        reason = f"{blocker} is a file, not a directory"
+    if _local(directory):
+        local = Path(os.fspath(directory))
+        blocker = next((p for p in local.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:  # mkdir says "File exists" or "Not a directory": name the file
+            reason = f"{blocker} is a file, not a directory"
     try:
-        if (directory / MARKER).is_file():
-            left = f"the previous {what} there is intact"
-        else:
-            backups = [p for p in _siblings(directory, "old") if (p / MARKER).is_file()]
-            left = f"the previous {what} is at {backups[0]}" if backups else "nothing was written"
+        finished = any(_step_number(p.name) is not None for p in directory.iterdir())
     except OSError:
-        left = "nothing was written"
+        finished = False
+    left = f"the previous {what} there is intact" if finished else "nothing was written"
     error = CheckpointWriteError(f"{directory}: cannot write {what} ({reason}); {left}")
     error.errno = e.errno
     return error
 
 
-def _save_tree(path: Path, tree: Any) -> None:
-    path = Path(path).absolute()
-    checkpointer = _checkpointer()
-    quiet, failures = _DropTracebacks(), _QuietFailures.install()
-    logging.getLogger("absl").addFilter(quiet)
-    failures.saving += 1
-    failed = False
+def _latest(
+    directory: Any, what: str, *, missing_ok: bool = False
+) -> tuple[ocp.CheckpointManager, int | None]:
+    """A manager for reading `directory` (it neither creates nor cleans) and its last step
+    (None: there is none, allowed with `missing_ok`)."""
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: {what} directory not found")
     try:
-        checkpointer.save(path, args=ocp.args.StandardSave(tree))
-    except Exception as e:
-        failed = failures.failed = True
-        if isinstance(e, OSError):
-            raise
-        # TensorStore reports a failed write as ValueError("... [os_error_code='28']"): make it
-        # the OSError it is, so that callers see "No space left on device".
-        code = re.search(r"os_error_code='?(\d+)", str(e))
-        if code is None:
-            raise
-        number = int(code.group(1))
-        raise OSError(number, os.strerror(number), str(path)) from e
+        manager = ocp.CheckpointManager(directory, options=_options(directory, writing=False))
+        step = manager.latest_step()
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{directory}: cannot read {what} ({_first_line(e)})") from e
+    if step is None and not missing_ok:
+        debris = sorted(p.name for p in directory.iterdir() if TMP_MARK in p.name)
+        if debris:
+            raise CheckpointError(
+                f"{directory}: no committed {what}, only an interrupted save ({debris[0]})"
+            )
+        raise CheckpointError(f"{directory}: not a tpt_jax {what} (no committed step)")
+    return manager, step
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, **items: Any) -> Any:
+    """One item of a step, restored; any failure is one line naming the step's directory."""
+    (name,) = items
+    try:
+        return manager.restore(step, args=ocp.args.Composite(**items))[name]
+    except Exception as e:  # orbax/tensorstore raise many types; the user needs one line
+        where = manager.directory / str(step) / name
+        raise CheckpointError(
+            f"{where}: cannot restore ({type(e).__name__}: {_first_line(e)})"
+        ) from e
+
+
+def _restore_legacy(path: Any, target: Any) -> Any:
+    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    try:
+        return checkpointer.restore(path, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(
+            f"{path}: cannot restore ({type(e).__name__}: {_first_line(e)})"
+        ) from e
     finally:
-        failures.saving -= 1
-        logging.getLogger("absl").removeFilter(quiet)
         checkpointer.close()
-        if failed:
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else ""
+
+
+def _host(tree: Any) -> Any:
+    """Host copies of every array when one process holds them all: the device buffers may be
+    donated to the next train step while a background save is still writing (on CPU
+    `np.asarray` would alias them). Arrays spanning other processes are Orbax's to copy."""
+    if jax.process_count() > 1:
+        return tree
+    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+class _quiet_saving:
+    """While saving, Orbax's writer threads log a failed write with its traceback before the
+    save re-raises it (we report it in one line), and TensorStore's completions of abandoned
+    writes hit a closed event loop: drop those reports (see `_QuietFailures`)."""
+
+    def __enter__(self) -> None:
+        self.failures = _QuietFailures.install()
+        self.quiet = _DropTracebacks()
+        logging.getLogger("absl").addFilter(self.quiet)
+        self.failures.saving += 1
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+        self.failures.saving -= 1
+        logging.getLogger("absl").removeFilter(self.quiet)
+        if error is not None:
+            self.failures.failed = True
             gc.collect()  # report (and drop) the abandoned writes now, not at interpreter exit
 
 
 class _DropTracebacks(logging.Filter):
-    """While saving, Orbax's writer threads log a failed write with its traceback before the
-    save re-raises it; the caller reports the error in one line, so drop those records."""
-
     def filter(self, record: logging.LogRecord) -> bool:
         return record.exc_info is None
 
@@ -434,24 +521,6 @@ class _QuietFailures(logging.Filter):
         return not (self.failed and "orbax" in record.getMessage())
 
 
-def _restore_tree(path: Path, target: Any) -> Any:
-    path = Path(path).absolute()  # Orbax refuses relative paths, which users type
-    checkpointer = _checkpointer()
-    try:
-        return checkpointer.restore(path, args=ocp.args.StandardRestore(target))
-    except Exception as e:  # orbax/tensorstore raise many types; the user needs one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{path}: cannot restore ({type(e).__name__}: {first})") from e
-    finally:
-        checkpointer.close()
-
-
-def _checkpointer() -> ocp.Checkpointer:
-    # The synchronous Checkpointer: StandardCheckpointer saves in a background thread, and the
-    # marker and rename must follow a finished save. Same API in orbax 0.12.4 and 0.12.8.
-    return ocp.Checkpointer(ocp.StandardCheckpointHandler())
-
-
 def _config_json(model: Transformer) -> dict[str, Any]:
     cfg = model.config
     hf_cfg = cfg.to_hf_config()
@@ -466,76 +535,19 @@ def _config_json(model: Transformer) -> dict[str, Any]:
     return {**hf_cfg, FORMAT_KEY: FORMAT_VERSION, "dtype": name, "torch_dtype": name}
 
 
-def _read_config(directory: Path) -> dict[str, Any]:
-    if not directory.is_dir():
-        backups = [p for p in _siblings(directory, "old") if (p / MARKER).is_file()]
-        hint = f"; an interrupted save left the previous one at {backups[0]}" if backups else ""
-        raise CheckpointError(f"{directory}: checkpoint directory not found{hint}")
-    if not (directory / MARKER).is_file():
-        raise CheckpointError(
-            f"{directory}: no {MARKER} marker, the checkpoint is incomplete (interrupted save?)"
-        )
-    path = directory / "config.json"
+def _read_json(path: Any, what: str) -> Any:
     try:
-        hf_cfg = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint config ({e})") from None
+        raise CheckpointError(f"{path}: unreadable {what} ({e})") from None
+
+
+def _check_config(hf_cfg: Any, where: Any) -> dict[str, Any]:
     if not isinstance(hf_cfg, dict) or FORMAT_KEY not in hf_cfg:
-        raise CheckpointError(f"{path}: not a tpt_jax checkpoint config (no {FORMAT_KEY!r})")
-    if hf_cfg[FORMAT_KEY] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: unsupported {FORMAT_KEY} {hf_cfg[FORMAT_KEY]!r}")
+        raise CheckpointError(f"{where}: not a tpt_jax checkpoint config (no {FORMAT_KEY!r})")
+    if hf_cfg[FORMAT_KEY] not in (1, FORMAT_VERSION):
+        raise CheckpointError(f"{where}: unsupported {FORMAT_KEY} {hf_cfg[FORMAT_KEY]!r}")
     return hf_cfg
-
-
-def _siblings(directory: Path, kind: str) -> list[Path]:
-    pattern = f".{glob.escape(directory.name)}.{kind}-*"
-    return sorted(directory.parent.glob(pattern))
-
-
-def _remove_leftovers(directory: Path) -> None:
-    # Temporary siblings left by a crashed save are garbage once `directory` holds a committed
-    # checkpoint; without one, an `.old-` sibling may be the only complete copy, so keep it.
-    if (directory / MARKER).is_file():
-        for path in _siblings(directory, "tmp") + _siblings(directory, "old"):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _swap_into_place(tmp: Path, directory: Path) -> None:
-    """Move the complete `tmp` to `directory`; on return the previous content is at `tmp`."""
-    if not directory.exists():
-        os.rename(tmp, directory)
-    elif not _exchange(tmp, directory):
-        # Two renames: between them `directory` is missing but the old copy is complete at
-        # `old`, and load_checkpoint's error points there.
-        old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(directory, old)
-        os.rename(tmp, directory)
-        os.rename(old, tmp)
-    _fsync(directory.parent)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
-    if sys.platform != "linux":
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):  # glibc < 2.28 or another libc
-        return False
-    renameat2.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint,
-    ]
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # kernel or filesystem lacks it
-        return False
-    raise OSError(err, os.strerror(err), str(b))
 
 
 def _fsync_tree(root: Path) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from tpt_jax import checkpoint
 from tpt_jax.config import RunConfig
 from tpt_jax.errors import TptError
 from tpt_jax.losses import default_chunk
@@ -151,8 +152,8 @@ class ModelInfo:
 
 def resolve_model(path: str, preset_name: str | None = None) -> ModelInfo:
     """The architecture of `model.path` without reading weights: `preset:NAME`, a shipped name,
-    a directory with a config.json, or else the preset that the path's name spells
-    (checkpoints/gemma-2-2b-it: gemma2-2b). `preset_name` overrides all of them."""
+    a tpt_jax checkpoint, a directory with a config.json, or else the preset that the path's
+    name spells (checkpoints/gemma-2-2b-it: gemma2-2b). `preset_name` overrides all of them."""
     if preset_name is not None:
         return ModelInfo(_preset(preset_name, "--preset"), preset_name, f"--preset {preset_name}")
     if path.startswith("preset:"):
@@ -161,6 +162,11 @@ def resolve_model(path: str, preset_name: str | None = None) -> ModelInfo:
     local = Path(path)
     if path in SHIPPED_PRESETS and not local.exists():
         return ModelInfo(PRESETS[SHIPPED_PRESETS[path]], SHIPPED_PRESETS[path])
+    if local.is_dir() and checkpoint.is_checkpoint(local):
+        try:
+            return ModelInfo(ModelConfig.from_hf_config(checkpoint.checkpoint_config(local)), path)
+        except (ValueError, KeyError) as e:  # CheckpointError is a TptError, a ValueError
+            raise TptError(f"model.path: {e}") from None
     if (local / "config.json").is_file():
         try:
             raw = json.loads((local / "config.json").read_text(encoding="utf-8"))

@@ -363,6 +363,7 @@ def train(
     saver = checkpoint.AsyncSaver()
 
     meta = checkpoint.read_train_state_meta(state_dir)
+    saved_step = None if meta is None else meta["step"]
     if meta is not None:
         if meta["run_id"] != run_id:
             raise TptError(
@@ -378,7 +379,6 @@ def train(
         meta["history"] = []
         opt_state = fns.init_opt(params)
     meta.setdefault("nonfinite_skipped", 0)  # absent from states saved before it existed
-    saved_step = meta["step"] if state_dir.joinpath(checkpoint.MARKER).is_file() else None
     poisoned = faults.nan_steps()
 
     def validate(step: int) -> None:
