@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tpt_jax.checkpoint import read_train_state_meta
 from tpt_jax.config import load_config
 from tpt_jax.errors import TptError
 from tpt_jax.round import Run
@@ -406,7 +407,7 @@ def pair(tmp_path_factory) -> tuple[Path, Path, dict]:
     kill = {**env(), "TPT_KILL_AT": "train.step:5", "TPT_KILL_PROCESS": "1"}  # step 3 logged
     killed = subprocess.run(second, env=kill, cwd=ROOT, capture_output=True, text=True)
     train = runs[1] / "round_1" / "train"
-    left = {"killed": killed, "state": (train / "state" / "COMMITTED").exists(),
+    left = {"killed": killed, "state": read_train_state_meta(train / "state") is not None,
             "done": (train / "DONE.json").exists()}  # fmt: skip
     resumed = subprocess.run(second, env=env(), cwd=ROOT, capture_output=True, text=True)
     _, err = first.communicate(timeout=600)

@@ -342,3 +342,13 @@ def test_reshard_on_device_equals_loading_the_checkpoint(tmp_path: Path, dtype: 
         assert a.dtype == b.dtype == jnp.dtype(dtype) and a.sharding == b.sharding
         assert np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
     assert all(x.is_deleted() for x in jax.tree.leaves(nnx.state(trained, nnx.Param)))
+
+
+def test_gs_paths_keep_orbaxs_own_commit() -> None:
+    """A `gs://` directory reaches Orbax as such (not made a local path), with Orbax's own
+    commit for object stores (a commit file: a rename there is a copy); local directories get
+    the fsync'd rename. Writing to GCS itself is not tested (no bucket offline)."""
+    remote, local = ckpt._path("gs://bucket/runs/x/model"), ckpt._path("runs/x/model")
+    assert str(remote) == "gs://bucket/runs/x/model" and local.is_absolute()
+    assert ckpt._options(remote).temporary_path_class is None
+    assert ckpt._options(local).temporary_path_class is ckpt._DurableRename

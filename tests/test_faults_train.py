@@ -89,10 +89,12 @@ def load_state(directory: Path, cfg: TrainConfig = CFG):
 
 
 def wait_for_state(directory: Path, step: int) -> None:
-    """Until the train state of `step` is committed (saves run on a background thread; the
-    next one is submitted only after this log call returns)."""
+    """Until the train state of `step` is committed and the one before deleted (saves run on
+    Orbax's background threads; the next one is submitted only after this log call returns)."""
     deadline = time.monotonic() + 60
-    while (ckpt.read_train_state_meta(directory) or {}).get("step") != step:
+    while (ckpt.read_train_state_meta(directory) or {}).get("step") != step or (
+        len(list(directory.iterdir())) != 1
+    ):
         assert time.monotonic() < deadline, f"no train state of step {step} in {directory}"
         time.sleep(0.01)
 
@@ -189,14 +191,10 @@ def test_stop_message_names_gradient_blowups_and_unsaved_runs(tmp_path: Path) ->
 # --- disk full, unwritable directory ---------------------------------------------------------
 
 
-def _partial_then_enospc(real):
-    """A `_save_tree` on a disk that fills: half of the arrays reach the disk, then ENOSPC."""
-
-    def save(path, tree):
-        real(path, dict(list(tree.items())[: max(1, len(tree) // 2)]))
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-
-    return save
+def _full_disk_at_commit(point: str) -> None:
+    """Orbax wrote the arrays; then the disk is full (the commit's own writes fail)."""
+    if point == "checkpoint.write":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 @pytest.mark.parametrize("kind", ["checkpoint", "train state"])
@@ -212,7 +210,7 @@ def test_disk_full_keeps_the_previous_save(tmp_path: Path, monkeypatch, kind) ->
         load = lambda: ckpt.load_train_state(target, abstract)[0]  # noqa: E731
     save(old)
     before = load()
-    monkeypatch.setattr(ckpt, "_save_tree", _partial_then_enospc(ckpt._save_tree))
+    monkeypatch.setattr(ckpt.faults, "reached", _full_disk_at_commit)
     with pytest.raises(CheckpointError) as info:
         save(new)
     assert str(info.value) == (
@@ -220,7 +218,8 @@ def test_disk_full_keeps_the_previous_save(tmp_path: Path, monkeypatch, kind) ->
         f"the previous {kind} there is intact"
     )
     assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
-    assert sorted(p.name for p in target.parent.iterdir()) == ["ck"]  # temp dir removed
+    assert sorted(p.name for p in target.parent.iterdir()) == ["ck"]
+    assert sorted(p.name for p in target.iterdir()) == ["0"]  # the uncommitted step removed
     monkeypatch.undo()
     assert bits(load()) == bits(before)
     save(new)  # with space again, the next save works
@@ -297,9 +296,9 @@ print("not killed")
 @pytest.mark.parametrize(
     "point, kind, survivor",
     [
-        ("checkpoint.write", "checkpoint", "old"),  # arrays written, no COMMITTED marker yet
-        ("checkpoint.commit", "train state", "old"),  # marker written, not swapped into place
-        ("checkpoint.swapped", "checkpoint", "new"),  # swapped; the old copy not yet deleted
+        ("checkpoint.write", "checkpoint", "old"),  # step written, not committed (renamed)
+        ("checkpoint.write", "train state", "old"),
+        ("checkpoint.commit", "checkpoint", "new"),  # committed; the old step not yet deleted
     ],
 )
 def test_kill_9_during_a_save_leaves_old_or_new_never_half(
@@ -325,14 +324,14 @@ def test_kill_9_during_a_save_leaves_old_or_new_never_half(
     )  # fmt: skip
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     assert bits(load()) == bits(content(old if survivor == "old" else new))
-    leftovers = [p for p in tmp_path.iterdir() if p.name != "ck"]
-    assert len(leftovers) == 1 and re.fullmatch(r"\.ck\.tmp-.+", leftovers[0].name)
-    if point == "checkpoint.write":  # a half-written copy is never taken for a checkpoint
-        with pytest.raises(CheckpointError, match="COMMITTED"):
-            ckpt.load_checkpoint(leftovers[0])
+    steps = sorted(p.name for p in target.iterdir())
+    if point == "checkpoint.write":  # the uncommitted step is Orbax's tmp dir, never loaded
+        assert steps[0] == "0" and re.fullmatch(rf"1{re.escape(ckpt.TMP_MARK)}.*", steps[1])
+    else:
+        assert steps == ["0", "1"]
     # The next save ignores the debris and removes it.
     save(new)
-    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"] and len(list(target.iterdir())) == 1
     assert bits(load()) == bits(content(new))
 
 

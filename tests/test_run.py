@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tpt_jax.checkpoint import checkpoint_config
+
 ROOT = Path(__file__).parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
@@ -56,7 +58,7 @@ def test_smoke_run_writes_every_stage(finished):
             assert (d / stage / "DONE.json").exists(), (r, stage)
         traces = (d / "think" / "traces.jsonl").read_text().splitlines()
         assert len(traces) == 12 * 2  # train_size x think.n
-        assert (d / "model" / "COMMITTED").exists()
+        assert checkpoint_config(d / "model")["tpt_jax_format"] == 2
         assert not (d / "train" / "state").exists()  # resume scratch goes once TRAIN is done
     manifest = json.loads((finished / "round_2" / "manifest.json").read_text())
     for key in ("seed", "config_hash", "data_hash", "versions", "devices", "wall_seconds"):

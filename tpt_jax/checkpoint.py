@@ -69,7 +69,7 @@ def save_checkpoint(model: Transformer, directory: str | Path, *, tokenizer: Any
     """
     directory = _path(directory)
     _save(directory, _model_items(model, host_copy=False), "checkpoint", tokenizer=tokenizer)
-    return directory
+    return _returned(directory)
 
 
 def _model_items(model: Transformer, *, host_copy: bool) -> dict[str, Any]:
@@ -108,14 +108,20 @@ def load_checkpoint(
     if manager is None:  # format 1
         restored = _restore_legacy(directory / "params", target)
     else:
-        restored = _restore(manager, step, params=ocp.args.StandardRestore(target))
+        try:
+            restored = _restore(manager, step, params=ocp.args.StandardRestore(target))
+        finally:
+            manager.close()
     nnx.replace_by_pure_dict(abstract, restored)
     return nnx.merge(graphdef, abstract)
 
 
 def checkpoint_config(directory: str | Path) -> dict[str, Any]:
     """The HF-form config.json dict of the checkpoint at `directory` (no weights read)."""
-    return _read_config(_path(directory))[0]
+    hf_cfg, _, manager, _ = _read_config(_path(directory))
+    if manager is not None:
+        manager.close()
+    return hf_cfg
 
 
 def _read_config(directory: Any) -> tuple[dict[str, Any], Any, Any, int | None]:
@@ -169,7 +175,7 @@ def save_train_state(directory: str | Path, state: Any, meta: dict[str, Any]) ->
     """
     directory = _path(directory)
     _save(directory, _train_state_items(state, meta, host_copy=False), "train state")
-    return directory
+    return _returned(directory)
 
 
 def _train_state_items(state: Any, meta: dict[str, Any], *, host_copy: bool) -> dict[str, Any]:
@@ -192,7 +198,10 @@ def read_train_state_meta(directory: str | Path) -> dict[str, Any] | None:
     if not is_checkpoint(directory):
         return None
     manager, step = _latest(directory, "train state", missing_ok=True)
-    return None if step is None else _state_header(manager, step, directory)["meta"]
+    try:
+        return None if step is None else _state_header(manager, step, directory)["meta"]
+    finally:
+        manager.close()
 
 
 def load_train_state(directory: str | Path, target: Any) -> tuple[Any, dict[str, Any]]:
@@ -201,6 +210,15 @@ def load_train_state(directory: str | Path, target: Any) -> tuple[Any, dict[str,
     its own shards, on any mesh."""
     directory = _path(directory)
     manager, step = _latest(directory, "train state")
+    try:
+        return _restore_state(manager, step, directory, target)
+    finally:
+        manager.close()
+
+
+def _restore_state(
+    manager: ocp.CheckpointManager, step: int, directory: Any, target: Any
+) -> tuple[Any, dict[str, Any]]:
     header = _state_header(manager, step, directory)
     paths, treedef = jax.tree_util.tree_flatten_with_path(target)
     names = [jax.tree_util.keystr(path) for path, _ in paths]
@@ -277,6 +295,11 @@ def _path(directory: str | Path) -> Any:
     return epath.Path(text) if "://" in text else epath.Path(Path(text).absolute())
 
 
+def _returned(directory: Any) -> Any:
+    """What the save functions return: a pathlib.Path for a local directory."""
+    return Path(os.fspath(directory)) if _local(directory) else directory
+
+
 def _local(directory: Any) -> bool:
     return "://" not in os.fspath(directory)
 
@@ -298,13 +321,18 @@ def _options(directory: Any, *, background: bool = False, writing: bool = True) 
 
 class _DurableRename(ocp.path.atomicity.AtomicRenameTemporaryPath):
     """Orbax's commit by rename, with the step's files fsync'd before it and the rename
-    fsync'd after it; the points where the fault tests kill a save are marked here."""
+    fsync'd after it; the points where the fault tests kill a save are marked here. (Orbax
+    finalizes each item's directory inside the step first, the same way: those pass through.)"""
 
     async def finalize(self, *args: Any, **kwargs: Any) -> None:
+        final = Path(os.fspath(self.get_final()))
+        if _step_number(final.name) is None:  # an item inside the uncommitted step
+            await super().finalize(*args, **kwargs)
+            return
         await asyncio.to_thread(_fsync_tree, Path(os.fspath(self.get())))
         faults.reached("checkpoint.write")  # written, not committed
         await super().finalize(*args, **kwargs)
-        await asyncio.to_thread(_fsync, Path(os.fspath(self.get_final())).parent)
+        await asyncio.to_thread(_fsync, final.parent)
         faults.reached("checkpoint.commit")  # committed, the previous step not yet deleted
 
 
@@ -374,14 +402,14 @@ def _failed(directory: Any, what: str, e: BaseException) -> CheckpointError:
     reports a failed write as ValueError("... [os_error_code='28']"))."""
     if isinstance(e, CheckpointError):
         return e
-    if _local(directory):
-        for debris in directory.glob(f"*{TMP_MARK}*") if directory.is_dir() else ():
+    if _local(directory) and is_primary() and directory.is_dir():
+        for debris in directory.glob(f"*{TMP_MARK}*"):  # the uncommitted step
             shutil.rmtree(debris, ignore_errors=True)
     if not isinstance(e, OSError):
         code = re.search(r"os_error_code='?(\d+)", str(e))
         if code is None:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            return CheckpointError(f"{directory}: cannot write {what} ({first})")
+            reason = _first_line(e) or type(e).__name__
+            return CheckpointError(f"{directory}: cannot write {what} ({reason})")
         number = int(code.group(1))
         e = OSError(number, os.strerror(number), os.fspath(directory))
     return _write_error(directory, what, e)

@@ -96,12 +96,3 @@ def barrier(name: str) -> None:
     """Wait until every process reaches this point (no-op for one process)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
-
-
-def shared_token() -> str:
-    """A random hex token that every process receives alike (process 0 draws it): the name of
-    a temporary directory that all processes write into."""
-    token = np.frombuffer(os.urandom(8), np.uint32)
-    if jax.process_count() > 1:
-        token = np.asarray(multihost_utils.broadcast_one_to_all(token))
-    return "".join(f"{int(x):08x}" for x in token)

@@ -2,9 +2,9 @@
 
 `TPT_KILL_AT=think.chunk:2` makes the process kill itself with SIGKILL (no cleanup, like a
 preempted VM) the 2nd time it reaches that point. Points: "think.chunk", "train.step",
-"checkpoint.write" (inside a checkpoint or train-state save, after the arrays are written and
-before the COMMITTED marker), "checkpoint.commit" (marker written, not yet swapped into place),
-"checkpoint.swapped" (swapped into place, the previous copy not yet deleted). With
+"checkpoint.write" (inside a checkpoint or train-state save: the step written, not yet
+committed by Orbax's rename), "checkpoint.commit" (committed, the previous step not yet
+deleted). With
 `TPT_KILL_PROCESS=I` only process I of a multi-process run (`TPT_PROCESS_ID`, as
 `launch/local.sh` sets it) dies: one host of a slice lost.
 
