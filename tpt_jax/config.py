@@ -65,7 +65,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: str = "arithmetic"  # arithmetic (built in, offline) or gsm8k
+    name: str = "arithmetic"  # arithmetic (built in, offline), gsm8k, or plugin (task.plugin)
     source: str = "hf:openai/gsm8k"  # gsm8k: hf[:REPO], a directory, or a .jsonl/.parquet file
     levels: tuple[int, ...] = (1, 2)  # arithmetic: reasoning steps per problem
     max_value: int = 999  # arithmetic: bound on every number shown or computed (10 to 999)
@@ -79,9 +79,17 @@ class TaskConfig:
     few_shot: int = 0  # worked train examples before the question (earlier turns in chat)
     on_bad_line: str = "fail"  # fail or skip (skipped lines are counted)
     on_long_prompt: str = "skip"  # a prompt with no room in the context: skip (counted) or fail
+    # plugin: a .py file (relative to the config file that names it) or a module name defining
+    # problems(split, options) and verify(text, problem); see tpt_jax/plugin_task.py.
+    plugin: str | None = None
+    options: dict[str, Any] | None = None  # plugin: passed to its problems() as it is
 
     def check(self) -> None:
-        _choice("task.name", self.name, ("arithmetic", "gsm8k"))
+        _choice("task.name", self.name, ("arithmetic", "gsm8k", "plugin"))
+        if (self.name == "plugin") != (self.plugin is not None):
+            raise ConfigError("task.plugin is set exactly when task.name is plugin")
+        if self.options is not None and self.name != "plugin":
+            raise ConfigError("task.options is for task.name: plugin only")
         _choice("task.prompt", self.prompt, ("chat", "plain"))
         _choice("task.on_bad_line", self.on_bad_line, ("fail", "skip"))
         _choice("task.on_long_prompt", self.on_long_prompt, ("skip", "fail"))
@@ -346,6 +354,10 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     task = raw.get("task")
     if isinstance(task, dict) and isinstance(task.get("instruction"), str):
         task["instruction"] = _read_instruction(task["instruction"], path.parent, str(path))
+    if isinstance(task, dict) and isinstance(task.get("plugin"), str):
+        plugin = task["plugin"]  # a file relative to this config; a module name as it is
+        if plugin.endswith(".py") or "/" in plugin:
+            task["plugin"] = str((path.parent / plugin).resolve())
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -456,6 +468,13 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, key, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
+        try:  # stored in the run's config.json and hashed: JSON values only
+            return json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {key} must hold JSON values, got {value!r}") from None
     if origin is tuple:
         if not isinstance(value, list | tuple):
             value = [value]

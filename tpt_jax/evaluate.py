@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +30,29 @@ from tpt_jax.report import answer_key, answer_order
 from tpt_jax.stats import mean_ci, wilson
 from tpt_jax.think import EncodedPrompts, sample_to_file
 
+Verifier = Callable[[str, str], Any]  # (text, problem id) -> a verdict with .correct, .reason
 
-def grade(records: Sequence[Mapping[str, Any]], answers: Mapping[str, str], mode: str) -> dict:
-    """Per-problem (n, c) counts and the failure tallies of one set of samples."""
+
+def grade(
+    records: Sequence[Mapping[str, Any]],
+    answers: Mapping[str, str],
+    mode: str,
+    verify: Verifier | None = None,
+) -> dict:
+    """Per-problem (n, c) counts and the failure tallies of one set of samples; `verify(text,
+    problem_id)` (a user task's verdict) replaces grading the answer under `mode`."""
     counts: dict[str, list[int]] = {}
     unextracted = cut = tokens = 0
     for r in records:
         n_c = counts.setdefault(r["problem_id"], [0, 0])
         n_c[0] += 1
-        n_c[1] += is_correct(r["text"], answers[r["problem_id"]], mode)
-        unextracted += extract_answer(r["text"], mode) is None
+        if verify is None:
+            n_c[1] += is_correct(r["text"], answers[r["problem_id"]], mode)
+            unextracted += extract_answer(r["text"], mode) is None
+        else:
+            verdict = verify(r["text"], r["problem_id"])
+            n_c[1] += verdict.correct
+            unextracted += verdict.reason == "no_answer"
         cut += r["finish_reason"] == "length"
         tokens += r["n_tokens"]
     total = max(len(records), 1)
@@ -96,10 +109,11 @@ def summarize(
     config: EvalConfig,
     *,
     train_answers: Sequence[str] | None = None,
+    verify: Verifier | None = None,
 ) -> dict[str, Any]:
     """The numbers of one evaluation (what `summary.json` and `tpt report` show). With
     `train_answers` (the train split's reference answers) it adds `prior_baseline`."""
-    graded = grade(sampled, answers, config.grading)
+    graded = grade(sampled, answers, config.grading, verify)
     counts = list(graded["counts"].values())
     accuracy = [c / n for n, c in counts]
     pass1, low, high = mean_ci(accuracy) if counts else (0.0, 0.0, 0.0)
@@ -113,7 +127,7 @@ def summarize(
         "pass_at_k": {str(k): mean_pass_at_k(counts, k) for k in config.ks if counts},
         # The same samples under every grading mode: how much of a change is answer format.
         "pass_at_1_by_mode": {
-            mode: _mean_accuracy(grade(sampled, answers, mode)) for mode in MODES
+            mode: _mean_accuracy(grade(sampled, answers, mode, verify)) for mode in MODES
         },
         "extraction_failure_rate": graded["extraction_failure_rate"],
         # Per-problem accuracy, so rounds can be compared problem by problem (paired).
@@ -129,7 +143,7 @@ def summarize(
             train_answers, answers, graded["counts"], config.grading
         )
     if greedy:
-        g = grade(greedy, answers, config.grading)
+        g = grade(greedy, answers, config.grading, verify)
         right = sum(c for _, c in g["counts"].values())
         total = sum(n for n, _ in g["counts"].values())
         out["greedy_accuracy"] = right / total if total else 0.0
@@ -147,6 +161,7 @@ def evaluate(
     seed: int,
     label: str = "eval",
     train_answers: Sequence[str] | None = None,
+    verify: Verifier | None = None,
 ) -> dict[str, Any]:
     """Sample, grade and summarize; samples go to `out_dir` (resumable), the summary too.
     `train_answers`: the train split's reference answers, for the prior baseline."""
@@ -168,7 +183,9 @@ def evaluate(
         greedy = sample_to_file(
             handle, prompts, params, out_dir / "greedy.jsonl", label=f"{label} greedy"
         )
-    summary = summarize(sampled, greedy, answers, config, train_answers=train_answers)
+    summary = summarize(
+        sampled, greedy, answers, config, train_answers=train_answers, verify=verify
+    )
     summary["skipped_too_long"] = prompts.skipped_too_long
     if is_primary():
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,9 +43,13 @@ def prune(
     answers: Mapping[str, str],
     config: PruneConfig,
     seed: int,
+    *,
+    verify: Callable[[str, str], Any] | None = None,
 ) -> PruneResult:
     """Select training and validation examples from `traces`; `answers` maps problem id to
-    reference answer. Returned examples are the trace dicts plus a `correct` flag."""
+    reference answer. Returned examples are the trace dicts plus a `correct` flag. `verify(text,
+    problem_id)` (a user task's verdict, with `.correct` and `.reason`) replaces grading the
+    answer under `config.grading`."""
     by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for trace in traces:
         if trace["problem_id"] not in answers:
@@ -62,10 +66,15 @@ def prune(
         seen: set[str] = set()
         correct_here = 0
         for trace in group:
-            trace["correct"] = is_correct(trace["text"], answers[problem_id], config.grading)
+            if verify is None:
+                trace["correct"] = is_correct(trace["text"], answers[problem_id], config.grading)
+                unextracted = extract_answer(trace["text"], config.grading) is None
+            else:
+                verdict = verify(trace["text"], problem_id)
+                trace["correct"], unextracted = verdict.correct, verdict.reason == "no_answer"
             n_traces += 1
             correct_here += trace["correct"]
-            n_unextracted += extract_answer(trace["text"], config.grading) is None
+            n_unextracted += unextracted
             reason = _drop_reason(trace, config, seen, len(chosen))
             if reason:
                 dropped[reason] += 1

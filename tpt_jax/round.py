@@ -32,6 +32,7 @@ the kernel drops when the process dies, `kill -9` included. Manifests record the
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fcntl
 import functools
@@ -60,6 +61,7 @@ from tpt_jax.evaluate import evaluate
 from tpt_jax.metrics import MetricsWriter, Progress
 from tpt_jax.models.config import preset
 from tpt_jax.models.transformer import init_model
+from tpt_jax.plugin_task import load_plugin
 from tpt_jax.prune import prune
 from tpt_jax.sharding import SAMPLE_RULES, TRAIN_RULES, make_mesh
 from tpt_jax.stages import first_difference, stage_inputs
@@ -130,6 +132,10 @@ class Run:
         self._handle: tuple[str, ModelHandle] | None = None
         self._problems: dict[str, list[Problem]] | None = None
         self._data: dict[str, Any] = {}  # the manifest's `data`: skipped lines, files read
+        # A user's task (task.name: plugin), imported and checked now, before any work.
+        self.plugin = load_plugin(config.task.plugin) if config.task.plugin else None
+        instruction = config.task.instruction or (self.plugin and self.plugin.instruction)
+        self.task = dataclasses.replace(config.task, instruction=instruction)  # prompts use it
 
     @functools.cached_property
     def metrics(self) -> MetricsWriter:  # opened on first use: a run that fails checks has none
@@ -200,7 +206,7 @@ class Run:
         if think_pending or not (self.round_dir(0) / "manifest.json").exists():
             handle = self.model_for(0, sampling=True)  # model errors now, before any output
             spec, tok = self.config.model, handle.tokenizer
-            if self.config.task.prompt == "chat" and tok is not None and not tok.chat_template:
+            if self.task.prompt == "chat" and tok is not None and not tok.chat_template:
                 where = (
                     f"model.tokenizer {spec.tokenizer}"
                     if spec.path.startswith("preset:")
@@ -211,7 +217,7 @@ class Run:
                     "none; use task.prompt: plain (a plain-text prompt, as for base models)"
                 )
             encode_prompts(  # a tokenizer and, for chat prompts, a chat template
-                handle, self.problems("test")[:1], self.config.task, self.shots(), None,
+                handle, self.problems("test")[:1], self.task, self.shots(), None,
                 self.config.eval.max_new_tokens,
             )  # fmt: skip
             if think_pending:
@@ -224,7 +230,7 @@ class Run:
     def _think_prompts(self, handle: ModelHandle) -> EncodedPrompts:
         cfg = self.config.think
         return encode_prompts(
-            handle, self._think_problems(), self.config.task, self.shots(), cfg.max_prompt_tokens,
+            handle, self._think_problems(), self.task, self.shots(), cfg.max_prompt_tokens,
             cfg.max_new_tokens,
         )  # fmt: skip
 
@@ -336,7 +342,10 @@ class Run:
     def _prune(self, r: int, out: Path) -> dict[str, Any]:
         traces = read_traces(self.round_dir(r) / "think" / "traces.jsonl")
         answers = {p.id: p.answer for p in self.problems("train")}
-        result = prune(traces, answers, self.config.prune, _seed(self.config.seed, "prune", r))
+        result = prune(
+            traces, answers, self.config.prune, _seed(self.config.seed, "prune", r),
+            verify=self.plugin.verify if self.plugin else None,
+        )  # fmt: skip
         result.stats["val_empty"] = False
         if result.train and not result.val:
             candidates = result.stats["kept_train"]
@@ -371,7 +380,7 @@ class Run:
         problems = {p.id: p for p in self.problems("train")}
         sets: dict[str, list] = {"train": [], "val": []}
         for t in selected:
-            prompt = prompt_for(problems[t["problem_id"]], self.config.task, self.shots())
+            prompt = prompt_for(problems[t["problem_id"]], self.task, self.shots())
             example = encode_example(
                 handle.tokenizer, prompt, t["text"], chat_format=cfg.chat_format
             )
@@ -419,7 +428,7 @@ class Run:
         handle = self.model_for(r, sampling=True)
         cfg = self.config.eval
         prompts = encode_prompts(
-            handle, self.problems("test"), self.config.task, self.shots(), None, cfg.max_new_tokens
+            handle, self.problems("test"), self.task, self.shots(), None, cfg.max_new_tokens
         )
         # The train answers give the prior baseline (always the most common train answer):
         # the Pass@1 a model gets from the answer distribution alone.
@@ -430,7 +439,9 @@ class Run:
             out,
             seed=_seed(self.config.seed, "eval"),
             label=f"eval r{r}",
-            train_answers=[p.answer for p in self.problems("train")],
+            # A user's task has its own notion of a right answer: no prior baseline for it.
+            train_answers=None if self.plugin else [p.answer for p in self.problems("train")],
+            verify=self.plugin.verify if self.plugin else None,
         )
         prior = summary.get("prior_baseline")
         extra = {"prior_baseline_pass_at_1": prior["pass_at_1"]} if prior else {}
@@ -551,6 +562,10 @@ class Run:
                     source |= {"max_value": task.max_value, "seed": self.config.seed}
                     loaded: list[Problem] = problems[name]
                     skipped = 0
+                elif self.plugin is not None:
+                    loaded = self.plugin.problems(name, task.options or {})
+                    problems[name] = loaded[:size]
+                    source, skipped = loaded.source, 0
                 else:
                     loaded = load_gsm8k(task.source, name, on_bad_line=task.on_bad_line)
                     problems[name] = loaded[:size]
@@ -563,7 +578,7 @@ class Run:
                         )
                 data[f"{name}_skipped"] = skipped
                 data[f"{name}_problems"] = len(problems[name])
-                data[f"{name}_sha256"] = _problems_sha256(problems[name])
+                data[f"{name}_sha256"] = _problems_sha256(problems[name], self.plugin)
                 data[f"{name}_source"] = source
             self._problems, self._data = problems, data
         return self._problems[split]
@@ -662,7 +677,7 @@ class Run:
             "config_hash": config_hash(self.config),
             "data_hash": data_hash,
             "data": self._data,  # per split: problems used, bad lines skipped, what was read
-            "instruction": self.config.task.instruction or INSTRUCTION,
+            "instruction": self.task.instruction or INSTRUCTION,
             "template_time": self.template_time.isoformat(),  # what chat templates' dates read
             "versions": _versions(),
             "devices": {"kind": jax.devices()[0].device_kind, "count": jax.device_count()},
@@ -732,8 +747,12 @@ def _check_mesh(shape: tuple[int, ...] | None, key: str = "model.mesh") -> None:
         )
 
 
-def _problems_sha256(problems: list[Problem]) -> str:
-    rows = [(p.id, p.question, p.answer, p.solution) for p in problems]
+def _problems_sha256(problems: list[Problem], plugin: Any = None) -> str:
+    """The split's hash, which stages depend on; with a plug-in, also its rows' other keys
+    (a code problem's tests) and its file (its verify function)."""
+    rows: list[Any] = [(p.id, p.question, p.answer, p.solution) for p in problems]
+    if plugin is not None:
+        rows += [plugin.sha256, [plugin.extras[p.id] for p in problems]]
     return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
 
 

@@ -39,6 +39,10 @@ def stage_inputs(config: RunConfig, stage: str, r: int, data: dict[str, str]) ->
     """The inputs of `stage` of round `r` (a JSON-able dict); `data` maps each split ("train",
     "test") to a hash of its problems."""
     c = to_dict(config)
+    # Keys added after runs existed enter only when set, so those runs stay resumable.
+    c["task"] = {
+        k: v for k, v in c["task"].items() if v is not None or k not in ("plugin", "options")
+    }
     sampling = {"task": c["task"], "engine.dtype": c["engine"]["dtype"], "seed": c["seed"]}
     if stage == "think":
         return {"model": _model(config, r - 1, data), "think": c["think"], **sampling,

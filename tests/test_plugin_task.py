@@ -1,0 +1,175 @@
+"""A user's own task (task.name: plugin): the example plug-in end to end, and every way a
+plug-in can be wrong as a one-line error naming it, before any sampling."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tpt_jax.config import PruneConfig, load_config
+from tpt_jax.errors import TptError
+from tpt_jax.evaluate import grade
+from tpt_jax.plugin_task import Verdict, load_plugin
+from tpt_jax.prune import prune
+
+ROOT = Path(__file__).parents[1]
+EXAMPLE = ROOT / "examples" / "list_sum_task.py"
+
+
+def plugin_file(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "my_task.py"
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+GOOD = """
+    def problems(split, options):
+        return [{"id": i, "question": f"q{i}?", "answer": i} for i in range(3)]
+
+    def verify(text, problem):
+        return text.strip() == str(problem["answer"])
+"""
+
+
+def test_the_example_plugin() -> None:
+    plugin = load_plugin(str(EXAMPLE))
+    train = plugin.problems("train", {"train": 20, "seed": 3})
+    assert len(train) == 20 and len({p.id for p in train}) == 20
+    assert train.source == {"plugin": str(EXAMPLE), "sha256": plugin.sha256}
+    first = train[0]
+    assert plugin.verify(f"so\n#### {first.answer}", first.id) == Verdict(True, "correct")
+    assert plugin.verify("#### 100000", first.id) == Verdict(False, "wrong")
+    assert plugin.verify("no idea", first.id) == Verdict(False, "no_answer")
+    assert plugin.instruction.startswith("Add up the numbers")
+
+
+def test_a_module_name_works_too(tmp_path: Path, monkeypatch) -> None:
+    plugin_file(tmp_path, GOOD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin = load_plugin("my_task")
+    assert [p.answer for p in plugin.problems("test", {})] == ["0", "1", "2"]
+    assert plugin.verify("2", "2").correct and plugin.instruction is None
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("def problems(:\n", "my_task.py:1: cannot import (SyntaxError"),
+        ("import no_such_module\n", "cannot import (ModuleNotFoundError"),
+        ("def problems(split, options):\n    return []\n", "defines no function verify"),
+        ("def problems(split):\n    return []\ndef verify(t, p):\n    return True\n",
+         "problems must take 2 arguments (split, options)"),
+    ],
+)  # fmt: skip
+def test_a_broken_plugin_is_one_line(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(TptError) as info:
+        load_plugin(plugin_file(tmp_path, body))
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert "my_task.py" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ('[{"id": 1, "question": "q?"}]', "problems('train') row 0: missing 'answer'"),
+        ('[{"id": 1, "question": "", "answer": 2}]', "row 0: 'question' must be non-empty"),
+        ('["q?"]', "row 0: not a mapping but str"),
+        ('[{"id": 1, "question": "q?", "answer": [2]}]', "'answer' must be text or a number"),
+        ('[{"id": 1, "question": "q", "answer": 2}] * 2', "row 1: duplicate id '1'"),
+        ("[]", "problems('train') returned no problems"),
+        ("1 / 0", "problems('train') raised ZeroDivisionError"),
+    ],
+)
+def test_malformed_rows_are_one_line(tmp_path: Path, rows: str, message: str) -> None:
+    body = f"def problems(split, options):\n    return {rows}\ndef verify(t, p):\n    return 1\n"
+    plugin = load_plugin(plugin_file(tmp_path, body))
+    with pytest.raises(TptError) as info:
+        plugin.problems("train", {})
+    assert message in str(info.value) and "my_task.py" in str(info.value)
+
+
+def test_a_verify_that_raises_or_returns_junk_is_one_line(tmp_path: Path) -> None:
+    body = GOOD.replace('return text.strip() == str(problem["answer"])', "return {'x': 1}")
+    plugin = load_plugin(plugin_file(tmp_path, body))
+    plugin.problems("train", {})
+    with pytest.raises(TptError, match="verify must return a bool"):
+        plugin.verify("1", "1")
+    plugin.module.verify = lambda text, problem: problem["nope"]
+    with pytest.raises(TptError, match=r"verify raised KeyError: 'nope' \(problem '1'\)"):
+        plugin.verify("1", "1")
+
+
+def test_config_keys(tmp_path: Path) -> None:
+    (tmp_path / "tasks").mkdir()
+    plugin_file(tmp_path / "tasks", GOOD)
+    config = tmp_path / "run.yaml"
+    config.write_text("task: {name: plugin, plugin: tasks/my_task.py, options: {n: 3}}\n")
+    task = load_config(config).task
+    assert task.plugin == str(tmp_path / "tasks" / "my_task.py") and task.options == {"n": 3}
+    for text, message in [
+        ("task: {name: plugin}\n", "task.plugin is set exactly when task.name is plugin"),
+        ("task: {name: gsm8k, plugin: x.py}\n", "task.plugin is set exactly when"),
+        ("task: {name: plugin, plugin: x.py, options: 3}\n", "task.options must be a mapping"),
+    ]:
+        config.write_text(text)
+        with pytest.raises(TptError, match=message):
+            load_config(config)
+
+
+def test_a_plugin_task_runs_the_loop(tmp_path: Path) -> None:
+    """One round of `tpt run` on the example plug-in with the smoke config's tiny random model:
+    PRUNE and EVAL go through the plug-in's verify, the manifest records its path and hash,
+    and there is no prior baseline (the task defines its own right answers)."""
+    config = tmp_path / "plugin.yaml"
+    config.write_text(
+        f"base: {ROOT / 'configs' / 'smoke.yaml'}\nrounds: 1\n"
+        f"task: {{name: plugin, plugin: {EXAMPLE}, options: {{train: 12, test: 6}},"
+        " train_size: null}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tpt_jax.cli", "run", str(config), "--run-dir", str(run_dir)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((run_dir / "round_1" / "manifest.json").read_text())
+    source = manifest["data"]["train_source"]
+    assert source == {"plugin": str(EXAMPLE), "sha256": load_plugin(str(EXAMPLE)).sha256}
+    assert manifest["instruction"].startswith("Add up the numbers")
+    summary = json.loads((run_dir / "round_1" / "eval" / "summary.json").read_text())
+    assert summary["problems"] == 6 and "prior_baseline" not in summary
+    traces = [json.loads(t) for t in (run_dir / "round_1" / "think" / "traces.jsonl").open()]
+    assert len(traces) == 12 * 2 and traces[0]["problem_id"] == "train/0"  # the plug-in's ids
+
+
+def test_prune_and_eval_grade_with_the_plugins_verify() -> None:
+    """`verify` decides, not the #### grader: a trace with a right `####` line is wrong when
+    the verifier says so, and the verdict's no_answer counts as an extraction failure."""
+    traces = [
+        {"problem_id": "a", "sample": i, "text": text, "finish_reason": "stop", "n_tokens": 3}
+        for i, text in enumerate(["#### 4", "yes", "nothing"])
+    ]
+    verdicts = {"#### 4": Verdict(False, "wrong"), "yes": Verdict(True, "correct"),
+                "nothing": Verdict(False, "no_answer")}  # fmt: skip
+    verify = lambda text, problem_id: verdicts[text]  # noqa: E731
+    result = prune(
+        traces,
+        {"a": "4"},
+        PruneConfig(strategy="none", max_per_problem=3, val_budget=0),
+        seed=0,
+        verify=verify,
+    )
+    assert [t["correct"] for t in sorted(result.train + result.val, key=lambda t: t["sample"])] == [
+        False, True, False
+    ]  # fmt: skip
+    assert result.stats["correct"] == 1 and result.stats["extraction_failures"] == 1
+    graded = grade(traces, {"a": "4"}, "strict", verify)
+    assert graded["counts"] == {"a": (3, 1)} and graded["extraction_failure_rate"] == 1 / 3
+    assert grade(traces, {"a": "4"}, "strict")["counts"] == {"a": (3, 1)}  # "#### 4" alone

@@ -1,0 +1,171 @@
+"""A user's own task: a Python file or module with two functions, loaded by `task.name: plugin`.
+
+    def problems(split: str, options: dict) -> Iterable[dict]:
+        # each row: "id", "question", "answer" (any JSON scalar), optional "solution"; other
+        # keys (a code problem's tests, say) are kept for verify
+    def verify(text: str, problem: dict) -> bool:
+        # or an object with `.correct` (and `.reason`), or {"correct": ..., "reason": ...}
+    INSTRUCTION = "..."  # optional: the prompt's instruction when task.instruction is unset
+
+`task.plugin` is a path to a .py file (relative to the config file that names it) or a dotted
+module name on the Python path; `task.options` (a free mapping) is passed to `problems`. Every
+mistake in a plug-in (missing, failing to import, a missing function, a malformed row, a
+`verify` that raises) is a one-line `tpt: error:` naming the plug-in, found before any
+sampling except the last, which shows only when PRUNE or EVAL first calls it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tpt_jax.errors import TptError
+from tpt_jax.tasks import Problem, ProblemList
+
+__all__ = ["Plugin", "Verdict", "load_plugin"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    reason: str  # correct, wrong, no_answer, timeout, ... (the plug-in's words)
+
+
+@dataclass
+class Plugin:
+    spec: str  # as configured
+    path: str  # the file it was loaded from
+    sha256: str  # of that file: a changed verifier makes every stage after it stale
+    module: Any
+    extras: dict[str, dict[str, Any]] = field(default_factory=dict)  # rows by problem id
+
+    @property
+    def instruction(self) -> str | None:
+        text = getattr(self.module, "INSTRUCTION", None)
+        return text if isinstance(text, str) and text.strip() else None
+
+    def problems(self, split: str, options: Mapping[str, Any]) -> ProblemList:
+        """The split's problems, checked row by row; the rows' extra keys are kept (`extras`)."""
+        where = f"task.plugin: {self.path}: problems({split!r})"
+        try:
+            rows = list(self.module.problems(split, dict(options)))
+        except Exception as e:  # noqa: BLE001 - the user's code: any error is one line
+            raise TptError(f"{where} raised {type(e).__name__}: {e}") from None
+        problems, seen = [], set()
+        for i, row in enumerate(rows):
+            problem = _problem(row, f"{where} row {i}")
+            if problem.id in seen:
+                raise TptError(f"{where} row {i}: duplicate id {problem.id!r}")
+            seen.add(problem.id)
+            problems.append(problem)
+        if not problems:
+            raise TptError(f"{where} returned no problems")
+        self.extras.update({p.id: dict(r) for p, r in zip(problems, rows, strict=True)})
+        return ProblemList(problems, source={"plugin": self.path, "sha256": self.sha256})
+
+    def verify(self, text: str, problem_id: str) -> Verdict:
+        row = self.extras[problem_id]
+        try:
+            got = self.module.verify(text, dict(row))
+        except Exception as e:  # noqa: BLE001
+            raise TptError(
+                f"task.plugin: {self.path}: verify raised {type(e).__name__}: {e} "
+                f"(problem {problem_id!r})"
+            ) from None
+        return _verdict(got, self.path)
+
+
+def load_plugin(spec: str) -> Plugin:
+    """The plug-in at `spec` (a .py path or a module name), with both functions checked."""
+    if spec.endswith(".py") or "/" in spec:
+        path = Path(spec)
+        if not path.is_file():
+            raise TptError(f"task.plugin: {spec}: no such file")
+        name = f"tpt_plugin_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+        module = _import_file(name, path, spec)
+    else:
+        try:
+            module = importlib.import_module(spec)
+        except Exception as e:  # noqa: BLE001
+            raise TptError(
+                f"task.plugin: {spec}: cannot import ({type(e).__name__}: {e})"
+            ) from None
+        path = Path(inspect.getfile(module))
+    for function, arity in (("problems", 2), ("verify", 2)):
+        fn = getattr(module, function, None)
+        if not callable(fn):
+            raise TptError(f"task.plugin: {path}: defines no function {function}(...)")
+        try:
+            inspect.signature(fn).bind(*range(arity))
+        except TypeError:
+            raise TptError(
+                f"task.plugin: {path}: {function} must take {arity} arguments "
+                f"({'split, options' if function == 'problems' else 'text, problem'})"
+            ) from None
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Plugin(spec, str(path), sha, module)
+
+
+def _import_file(name: str, path: Path, spec: str) -> Any:
+    loader_spec = importlib.util.spec_from_file_location(name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise TptError(f"task.plugin: {spec}: not a Python file")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001
+        del sys.modules[name]
+        line = getattr(e, "lineno", None)
+        at = f":{line}" if isinstance(e, SyntaxError) and line else ""
+        raise TptError(
+            f"task.plugin: {path}{at}: cannot import ({type(e).__name__}: {e})"
+        ) from None
+    return module
+
+
+def _problem(row: Any, where: str) -> Problem:
+    if not isinstance(row, Mapping):
+        raise TptError(f"{where}: not a mapping but {type(row).__name__}")
+    for key in ("id", "question", "answer"):
+        if key not in row:
+            raise TptError(f"{where}: missing {key!r}")
+    if not isinstance(row["question"], str) or not row["question"].strip():
+        raise TptError(f"{where}: 'question' must be non-empty text")
+    for key in ("id", "answer"):
+        if not isinstance(row[key], str | int | float) or isinstance(row[key], bool):
+            raise TptError(f"{where}: {key!r} must be text or a number, got {row[key]!r}")
+    solution = row.get("solution", "")
+    if not isinstance(solution, str):
+        raise TptError(f"{where}: 'solution' must be text")
+    try:
+        json.dumps(dict(row))
+    except (TypeError, ValueError) as e:
+        raise TptError(f"{where}: not JSON-serializable ({e})") from None
+    return Problem(str(row["id"]), row["question"], str(row["answer"]), solution)
+
+
+def _verdict(got: Any, path: str) -> Verdict:
+    if isinstance(got, bool):
+        return Verdict(got, "correct" if got else "wrong")
+    if isinstance(got, Mapping) and isinstance(got.get("correct"), bool):
+        return Verdict(
+            got["correct"], str(got.get("reason") or ("correct" if got["correct"] else "wrong"))
+        )
+    correct = getattr(got, "correct", None)
+    if isinstance(correct, bool):
+        return Verdict(
+            correct, str(getattr(got, "reason", "") or ("correct" if correct else "wrong"))
+        )
+    raise TptError(
+        f"task.plugin: {path}: verify must return a bool, or an object or mapping with a bool "
+        f"'correct'; got {got!r}"
+    )
