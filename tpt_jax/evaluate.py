@@ -30,7 +30,7 @@ from tpt_jax.report import answer_key, answer_order
 from tpt_jax.stats import mean_ci, wilson
 from tpt_jax.think import EncodedPrompts, sample_to_file
 
-Verifier = Callable[[str, str], Any]  # (text, problem id) -> a verdict with .correct, .reason
+Verifier = Callable[[str, str], Any]  # (text, problem id) -> plugin_task.Verdict
 
 
 def grade(
@@ -52,7 +52,7 @@ def grade(
         else:
             verdict = verify(r["text"], r["problem_id"])
             n_c[1] += verdict.correct
-            unextracted += verdict.reason == "no_answer"
+            unextracted += verdict.unanswered
         cut += r["finish_reason"] == "length"
         tokens += r["n_tokens"]
     total = max(len(records), 1)

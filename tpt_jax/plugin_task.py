@@ -38,6 +38,11 @@ class Verdict:
     correct: bool
     reason: str  # correct, wrong, no_answer, timeout, ... (the plug-in's words)
 
+    @property
+    def unanswered(self) -> bool:
+        """No answer to grade (no number, no program): counted as an extraction failure."""
+        return self.reason in ("no_answer", "no_program")
+
 
 @dataclass
 class Plugin:

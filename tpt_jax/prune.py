@@ -48,7 +48,7 @@ def prune(
 ) -> PruneResult:
     """Select training and validation examples from `traces`; `answers` maps problem id to
     reference answer. Returned examples are the trace dicts plus a `correct` flag. `verify(text,
-    problem_id)` (a user task's verdict, with `.correct` and `.reason`) replaces grading the
+    problem_id)` (a task plug-in's Verdict: `.correct`, `.unanswered`) replaces grading the
     answer under `config.grading`."""
     by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for trace in traces:
@@ -71,7 +71,7 @@ def prune(
                 unextracted = extract_answer(trace["text"], config.grading) is None
             else:
                 verdict = verify(trace["text"], problem_id)
-                trace["correct"], unextracted = verdict.correct, verdict.reason == "no_answer"
+                trace["correct"], unextracted = verdict.correct, verdict.unanswered
             n_traces += 1
             correct_here += trace["correct"]
             n_unextracted += unextracted

@@ -132,8 +132,9 @@ class Run:
         self._handle: tuple[str, ModelHandle] | None = None
         self._problems: dict[str, list[Problem]] | None = None
         self._data: dict[str, Any] = {}  # the manifest's `data`: skipped lines, files read
-        # A user's task (task.name: plugin), imported and checked now, before any work.
-        self.plugin = load_plugin(config.task.plugin) if config.task.plugin else None
+        # A task plug-in (a user's, or the code task), imported and checked before any work.
+        spec = "tpt_jax.code_task" if config.task.name == "code" else config.task.plugin
+        self.plugin = load_plugin(spec) if spec else None
         instruction = config.task.instruction or (self.plugin and self.plugin.instruction)
         self.task = dataclasses.replace(config.task, instruction=instruction)  # prompts use it
 
