@@ -72,7 +72,7 @@ def test_codecontests_and_mbpp_layouts_from_local_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "line, message",
     [
-        ("{not json", "train.jsonl:1: invalid JSON"),
+        ("{not json", "train.jsonl:1: not valid JSON"),
         ('{"title": "x"}', "train.jsonl:1: neither CodeContests"),
         ('{"description": "d", "public_tests": {"input": [], "output": []}}', "no public"),
         ('{"text": "t", "test_list": []}', "train.jsonl:1: empty test_list"),
@@ -109,3 +109,20 @@ def test_a_code_round_runs_the_loop(tmp_path: Path) -> None:
         "sha256": load_plugin("tpt_jax.code_task").sha256,
     }
     assert manifest["instruction"] == code_task.INSTRUCTION
+
+
+def test_codecontests_through_datasets_offline(tmp_path: Path, monkeypatch) -> None:
+    """`source: hf:NAME` goes through datasets.load_dataset(NAME, split=...); NAME is a local
+    directory laid out as on the hub (Parquet files per split, as deepmind/code_contests)."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    repo = tmp_path / "code_contests" / "data"
+    repo.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([CODECONTESTS]), repo / "train-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist([CODECONTESTS]), repo / "test-00000-of-00001.parquet")
+    (row,) = rows(source=f"hf:{tmp_path / 'code_contests'}")
+    assert row["id"] == "train/add_two" and len(row["tests"]) == 3
+    assert code_task.verify(f"```python\n{row['answer']}\n```", row).correct

@@ -3,8 +3,9 @@
 It is a task plug-in like a user's (`problems(split, options)`, `verify(text, problem)`), shipped
 with the package: `task.name: code` loads this module. `task.options`:
 
-    source:  "generated" (default: the offline generator below), a .jsonl file or a directory
-             with train.jsonl / test.jsonl, in either layout:
+    source:  "generated" (default: the offline generator below); `hf[:NAME]` through `datasets`
+             (default NAME deepmind/code_contests); a directory holding SPLIT.jsonl or
+             SPLIT.parquet, or one such file; in either layout:
              - CodeContests: description, public_tests / private_tests / generated_tests
                ({"input": [...], "output": [...]}), solutions ({"language": [...],
                "solution": [...]}, Python 3 is language 3);
@@ -20,15 +21,14 @@ Verdict reasons: correct, no_program, wrong, timeout, memory, runtime_error, out
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from tpt_jax.errors import TptError
 from tpt_jax.programs import Limits
 from tpt_jax.programs import verify as verify_program
+from tpt_jax.tasks import source_rows
 
 INSTRUCTION = (
     "Solve the following programming problem in Python 3. The program reads its input from "
@@ -51,16 +51,14 @@ def _rows(split: str, options: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     if source == "generated":
         yield from generate(split, options)
         return
-    path = Path(source)
-    if path.is_dir():
-        path = path / f"{split}.jsonl"
-    if not path.is_file():
-        raise TptError(f"task.options.source: {path}: no such file")
     kinds = _test_kinds(options.get("tests", "all"))
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                yield _row(_json(line, path, number), kinds, f"{path}:{number}", split, number)
+    _, rows, _ = source_rows(source, split, hf_default="deepmind/code_contests", hf_config=None)
+    for number, (where, row) in enumerate(rows, 1):
+        if isinstance(row, Exception):  # a line that is not JSON or not UTF-8
+            raise TptError(f"{where}: {row}")
+        if not isinstance(row, dict):
+            raise TptError(f"{where}: a row must be an object")
+        yield _row(row, kinds, where, split, number)
 
 
 def verify(text: str, problem: Mapping[str, Any]) -> Any:
@@ -133,16 +131,6 @@ def _test_kinds(value: Any) -> tuple[str, ...]:
     raise TptError(
         f"task.options.tests must be one of all, {', '.join(_TEST_KINDS)}, got {value!r}"
     )
-
-
-def _json(line: str, path: Path, number: int) -> dict[str, Any]:
-    try:
-        row = json.loads(line)
-    except ValueError as e:
-        raise TptError(f"{path}:{number}: invalid JSON ({e})") from None
-    if not isinstance(row, dict):
-        raise TptError(f"{path}:{number}: a row must be an object")
-    return row
 
 
 def _row(row: dict[str, Any], kinds: tuple[str, ...], where: str, split: str, number: int) -> dict:

@@ -241,7 +241,9 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"{path}: row {i}", {name: columns[name][i] for name in names}
 
 
-def _hf_rows(name: str, split: str, info: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+def _hf_rows(
+    name: str, split: str, info: dict[str, Any], config: str | None = "main"
+) -> Iterator[tuple[str, Any]]:
     label = f"hf:{name}"
     try:
         import datasets
@@ -251,10 +253,11 @@ def _hf_rows(name: str, split: str, info: dict[str, Any]) -> Iterator[tuple[str,
             "(pip install datasets)"
         ) from None
     try:
-        ds = datasets.load_dataset(name, "main", split=split)
+        ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:
         msg = " ".join(str(e).split()) or type(e).__name__
-        raise TptError(f"{label}: cannot load split {split!r} of config 'main': {msg}") from None
+        of = f" of config {config!r}" if config else ""
+        raise TptError(f"{label}: cannot load split {split!r}{of}: {msg}") from None
     info["fingerprint"] = getattr(ds, "_fingerprint", None)  # datasets' hash of the split
     for i, row in enumerate(ds):
         yield f"{label}[{split}]: row {i}", row
@@ -271,15 +274,17 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _source_rows(
-    source: str | Path, split: str
+def source_rows(
+    source: str | Path, split: str, *, hf_default: str = _HF_DEFAULT, hf_config: str | None = "main"
 ) -> tuple[str, Iterator[tuple[str, Any]], dict[str, Any]]:
-    """(label, rows, what is read); a hub source fills in its fingerprint as it is read."""
+    """(label, (where, row) pairs, what is read) from `hf[:NAME]` (`datasets`, config
+    `hf_config`), a directory holding SPLIT.jsonl or SPLIT.parquet, or one such file; a hub
+    source fills in its fingerprint as it is read. Shared by the GSM8K and code loaders."""
     text = str(source)
     if text == "hf" or text.startswith("hf:"):
-        name = text[3:] or _HF_DEFAULT
-        info: dict[str, Any] = {"hf": name, "config": "main", "split": split}
-        return f"hf:{name}[{split}]", _hf_rows(name, split, info), info
+        name = text[3:] or hf_default
+        info: dict[str, Any] = {"hf": name, "config": hf_config, "split": split}
+        return f"hf:{name}[{split}]", _hf_rows(name, split, info, hf_config), info
     path = Path(source)
     if path.is_dir():
         for suffix in (".jsonl", ".parquet"):
@@ -306,7 +311,7 @@ def load_gsm8k(source: str | Path, split: str, *, on_bad_line: str = "fail") -> 
     """
     if on_bad_line not in _ON_BAD_LINE:
         raise TptError(f"on_bad_line must be 'fail' or 'skip', got {on_bad_line!r}")
-    label, rows, info = _source_rows(source, split)
+    label, rows, info = source_rows(source, split)
     problems: list[Problem] = []
     reasons: list[str] = []
     seen: dict[str, str] = {}
