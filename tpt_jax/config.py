@@ -65,7 +65,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    # arithmetic (built in, offline), gsm8k, code (tpt_jax/code_task.py), plugin (task.plugin)
+    # arithmetic (built in, offline), gsm8k, code (tpt_jax/code_task.py), math
+    # (tpt_jax/math_task.py), or plugin (a user's: task.plugin)
     name: str = "arithmetic"
     source: str = "hf:openai/gsm8k"  # gsm8k: hf[:REPO], a directory, or a .jsonl/.parquet file
     levels: tuple[int, ...] = (1, 2)  # arithmetic: reasoning steps per problem
@@ -83,14 +84,14 @@ class TaskConfig:
     # plugin: a .py file (relative to the config file that names it) or a module name defining
     # problems(split, options) and verify(text, problem); see tpt_jax/plugin_task.py.
     plugin: str | None = None
-    options: dict[str, Any] | None = None  # plugin, code: passed to problems() as it is
+    options: dict[str, Any] | None = None  # plugin, code, math: passed to problems() as it is
 
     def check(self) -> None:
-        _choice("task.name", self.name, ("arithmetic", "gsm8k", "code", "plugin"))
+        _choice("task.name", self.name, ("arithmetic", "gsm8k", "code", "math", "plugin"))
         if (self.name == "plugin") != (self.plugin is not None):
             raise ConfigError("task.plugin is set exactly when task.name is plugin")
-        if self.options is not None and self.name not in ("plugin", "code"):
-            raise ConfigError("task.options is for task.name: plugin or code only")
+        if self.options is not None and self.name not in ("plugin", "code", "math"):
+            raise ConfigError("task.options is for task.name: plugin, code or math only")
         _choice("task.prompt", self.prompt, ("chat", "plain"))
         _choice("task.on_bad_line", self.on_bad_line, ("fail", "skip"))
         _choice("task.on_long_prompt", self.on_long_prompt, ("skip", "fail"))

@@ -78,6 +78,8 @@ from tpt_jax.tokenizer import Tokenizer
 from tpt_jax.train import train
 
 STAGES = ("think", "prune", "train", "eval")
+# Built-in tasks that are task plug-ins (the same protocol as a user's task.plugin).
+BUILT_IN_PLUGINS = {"code": "tpt_jax.code_task", "math": "tpt_jax.math_task"}
 SCRATCH = ("state", "best")  # TRAIN's resume files, deleted once its DONE.json is written
 
 
@@ -133,7 +135,7 @@ class Run:
         self._problems: dict[str, list[Problem]] | None = None
         self._data: dict[str, Any] = {}  # the manifest's `data`: skipped lines, files read
         # A task plug-in (a user's, or the code task), imported and checked before any work.
-        spec = "tpt_jax.code_task" if config.task.name == "code" else config.task.plugin
+        spec = BUILT_IN_PLUGINS.get(config.task.name, config.task.plugin)
         self.plugin = load_plugin(spec) if spec else None
         instruction = config.task.instruction or (self.plugin and self.plugin.instruction)
         self.task = dataclasses.replace(config.task, instruction=instruction)  # prompts use it
