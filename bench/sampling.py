@@ -89,8 +89,8 @@ def load_handle(name: str, dtype: str, mesh):
 
 
 def think_prompts(handle, args) -> list[list[int]]:
-    from tpt_jax.arithmetic import generate_problems
     from tpt_jax.tasks import chat_messages, load_gsm8k
+    from tpt_jax.tasks.arithmetic import generate_problems
 
     if args.task == "gsm8k":
         problems = load_gsm8k(args.data, "train")[: args.prompts]

@@ -1,6 +1,6 @@
 """How hard is each level of the generated arithmetic task for a model? (Pass@1 per level.)
 
-For each level, K test-split problems from `tpt_jax.arithmetic.generate_problems` are put to the
+For each level, K test-split problems from `tasks.arithmetic.generate_problems` are put to the
 model zero-shot as one chat turn (`tasks.chat_messages`: the instruction, then the question),
 once greedily and `--n` times at `--temperature` (default 0.8, n 4, seed 0). Each output is
 graded with `tpt_jax.grading` in the `strict` (the paper's) and `normalized` modes; an output with
@@ -35,7 +35,7 @@ import jax
 
 import tpt_jax
 from tpt_jax import grading, tasks
-from tpt_jax.arithmetic import generate_problems
+from tpt_jax.tasks.arithmetic import generate_problems
 
 # Candidate wordings of the zero-shot instruction (the first is tasks.INSTRUCTION).
 VARIANTS = {

@@ -1,4 +1,4 @@
-"""Tests for tpt_jax.arithmetic: the seeded word-problem generator (determinism, split
+"""Tests for tpt_jax.tasks.arithmetic: the seeded word-problem generator (determinism, split
 disjointness, verified answers, the value bound, variety, answers spread with no dominant value,
 argument errors)."""
 
@@ -10,11 +10,11 @@ from collections import Counter
 
 import pytest
 
-from tpt_jax.arithmetic import generate_problems, split_of
-from tpt_jax.arithmetic_words import FEMALE, MALE, SETTINGS
 from tpt_jax.errors import TptError
 from tpt_jax.grading import extract_answer, is_correct
 from tpt_jax.tasks import Problem
+from tpt_jax.tasks.arithmetic import generate_problems, split_of
+from tpt_jax.tasks.arithmetic_words import FEMALE, MALE, SETTINGS
 
 EQUATION = re.compile(r"\$?(\d+) ([-+*/]) \$?(\d+) = \$?(\d+)")
 WORDS = {"twice": 2, "half": 2, "third": 3, "quarter": 4}

@@ -481,8 +481,8 @@ def files(run: Path) -> list[str]:
 def test_manifest_provenance(first):
     import hashlib
 
-    from tpt_jax.arithmetic import generate_problems
     from tpt_jax.config import config_hash, load_config
+    from tpt_jax.tasks.arithmetic import generate_problems
 
     config = load_config(SMOKE, TWO[1::2])
     for r, stages in ((0, {"eval"}), (1, {"think", "prune", "train", "eval"})):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tpt_jax import code_task
 from tpt_jax.errors import TptError
-from tpt_jax.plugin_task import load_plugin
+from tpt_jax.tasks import code as code_task
+from tpt_jax.tasks.plugin import load_plugin
 
 ROOT = Path(__file__).parents[1]
 SUM = "```python\nn = int(input())\nxs = list(map(int, input().split()))\nprint(sum(xs))\n```"
@@ -106,7 +106,7 @@ def test_a_code_round_runs_the_loop(tmp_path: Path) -> None:
     source = manifest["data"]["train_source"]
     assert source == {
         "plugin": code_task.__file__,
-        "sha256": load_plugin("tpt_jax.code_task").sha256,
+        "sha256": load_plugin("tpt_jax.tasks.code").sha256,
     }
     assert manifest["instruction"] == code_task.INSTRUCTION
 

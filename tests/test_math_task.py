@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tpt_jax import math_task
 from tpt_jax.errors import TptError
+from tpt_jax.tasks import math as math_task
 
 ROOT = Path(__file__).parents[1]
 ROWS = [

@@ -15,8 +15,8 @@ import pytest
 from tpt_jax.config import PruneConfig, load_config
 from tpt_jax.errors import TptError
 from tpt_jax.evaluate import grade
-from tpt_jax.plugin_task import Verdict, load_plugin
 from tpt_jax.prune import prune
+from tpt_jax.tasks.plugin import Verdict, load_plugin
 
 ROOT = Path(__file__).parents[1]
 EXAMPLE = ROOT / "examples" / "list_sum_task.py"

@@ -65,8 +65,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    # arithmetic (built in, offline), gsm8k, code (tpt_jax/code_task.py), math
-    # (tpt_jax/math_task.py), or plugin (a user's: task.plugin)
+    # arithmetic (built in, offline), gsm8k, code (tpt_jax/tasks/code.py), math
+    # (tpt_jax/tasks/math.py), or plugin (a user's: task.plugin)
     name: str = "arithmetic"
     source: str = "hf:openai/gsm8k"  # gsm8k: hf[:REPO], a directory, or a .jsonl/.parquet file
     levels: tuple[int, ...] = (1, 2)  # arithmetic: reasoning steps per problem
@@ -82,7 +82,7 @@ class TaskConfig:
     on_bad_line: str = "fail"  # fail or skip (skipped lines are counted)
     on_long_prompt: str = "skip"  # a prompt with no room in the context: skip (counted) or fail
     # plugin: a .py file (relative to the config file that names it) or a module name defining
-    # problems(split, options) and verify(text, problem); see tpt_jax/plugin_task.py.
+    # problems(split, options) and verify(text, problem); see tpt_jax/tasks/plugin.py.
     plugin: str | None = None
     options: dict[str, Any] | None = None  # plugin, code, math: passed to problems() as it is
 

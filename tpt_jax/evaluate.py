@@ -30,7 +30,7 @@ from tpt_jax.report import answer_key, answer_order
 from tpt_jax.stats import mean_ci, wilson
 from tpt_jax.think import EncodedPrompts, sample_to_file
 
-Verifier = Callable[[str, str], Any]  # (text, problem id) -> plugin_task.Verdict
+Verifier = Callable[[str, str], Any]  # (text, problem id) -> tasks.plugin.Verdict
 
 
 def grade(

@@ -51,7 +51,6 @@ import jax
 
 from tpt_jax import checkpoint, faults, plan
 from tpt_jax.api import ModelHandle, load, reshard
-from tpt_jax.arithmetic import generate_problems
 from tpt_jax.config import RunConfig, config_hash, from_dict, to_dict
 from tpt_jax.data import encode_example
 from tpt_jax.distributed import barrier, is_primary
@@ -61,11 +60,12 @@ from tpt_jax.evaluate import evaluate
 from tpt_jax.metrics import MetricsWriter, Progress
 from tpt_jax.models.config import preset
 from tpt_jax.models.transformer import init_model
-from tpt_jax.plugin_task import load_plugin
 from tpt_jax.prune import prune
 from tpt_jax.sharding import SAMPLE_RULES, TRAIN_RULES, make_mesh
 from tpt_jax.stages import first_difference, stage_inputs
 from tpt_jax.tasks import INSTRUCTION, Problem, ProblemList, load_gsm8k
+from tpt_jax.tasks.arithmetic import generate_problems
+from tpt_jax.tasks.plugin import load_plugin
 from tpt_jax.think import (
     EncodedPrompts,
     encode_prompts,
@@ -79,7 +79,7 @@ from tpt_jax.train import train
 
 STAGES = ("think", "prune", "train", "eval")
 # Built-in tasks that are task plug-ins (the same protocol as a user's task.plugin).
-BUILT_IN_PLUGINS = {"code": "tpt_jax.code_task", "math": "tpt_jax.math_task"}
+BUILT_IN_PLUGINS = {"code": "tpt_jax.tasks.code", "math": "tpt_jax.tasks.math"}
 SCRATCH = ("state", "best")  # TRAIN's resume files, deleted once its DONE.json is written
 
 

@@ -25,7 +25,7 @@ from fractions import Fraction
 from typing import Any
 
 from tpt_jax.errors import TptError
-from tpt_jax.tasks import source_rows
+from tpt_jax.tasks.gsm8k import source_rows
 
 INSTRUCTION = (
     "Solve the following math problem step by step. Put the final answer in \\boxed{} at the "

@@ -10,7 +10,7 @@ candidate of the other split. Answers are spread over the values a level reaches
 takes much more than an even share of a split, so no constant guess scores well; see "Spreading
 the answers"), and no step undoes the step before it.
 
-The word tables (names, settings, phrasings) live in :mod:`tpt_jax.arithmetic_words`. Pure
+The word tables (names, settings, phrasings) live in :mod:`tpt_jax.tasks.arithmetic_words`. Pure
 Python, layer 0. The seed strings still say ``tpt_jax.tasks`` (where this code first lived) so
 that the problems stay the same.
 """
@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tpt_jax.arithmetic_words import (
+from tpt_jax.errors import TptError
+from tpt_jax.tasks.arithmetic_words import (
     CONNECTORS,
     EARN,
     FEMALE,
@@ -40,8 +41,7 @@ from tpt_jax.arithmetic_words import (
     Setting,
     Thing,
 )
-from tpt_jax.errors import TptError
-from tpt_jax.tasks import Problem
+from tpt_jax.tasks.base import Problem
 
 __all__ = ["generate_problems", "split_of"]
 
@@ -599,7 +599,9 @@ def generate_problems(
     return problems
 
 
-def _main() -> None:  # pragma: no cover - a quick look: python -m tpt_jax.arithmetic [level] [n]
+def _main() -> (
+    None
+):  # pragma: no cover - a quick look: python -m tpt_jax.tasks.arithmetic [level] [n]
     import sys
 
     level = int(sys.argv[1]) if len(sys.argv) > 1 else 2

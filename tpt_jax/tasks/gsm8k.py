@@ -1,14 +1,10 @@
-"""Reasoning tasks: the :class:`Problem` record, GSM8K loading and the prompts the model sees.
+"""GSM8K loading, and the data sources every loader shares (hub, directory, JSONL, Parquet).
 
-Pure Python (no JAX): this module sits at layer 0 and imports only the standard library,
-:mod:`tpt_jax.errors` and :mod:`tpt_jax.grading` (``datasets`` and ``pyarrow`` are imported lazily,
-only by the loaders that need them).
-
-Problems
---------
-A :class:`Problem` holds a question, its reference answer string (what ``grading``'s strict mode
-compares against) and a worked solution in GSM8K format: one calculation per line, calculator
-annotations ``<<...>>`` removed, and a last line ``#### <answer>``.
+Pure Python (no JAX): layer 0; ``datasets`` and ``pyarrow`` are imported lazily, only by the
+loaders that need them. A GSM8K :class:`Problem` holds a question, its reference answer string
+(what ``grading``'s strict mode compares against) and a worked solution in GSM8K format: one
+calculation per line, calculator annotations ``<<...>>`` removed, and a last line
+``#### <answer>``.
 
 GSM8K
 -----
@@ -29,7 +25,7 @@ A split with no problems left is an error in both modes. ``.source`` says what w
 run's provenance: a local file's path, size and sha256, or a hub dataset's name, split and
 ``datasets`` fingerprint.
 
-Generated arithmetic word problems live in :mod:`tpt_jax.arithmetic`.
+Generated arithmetic word problems live in :mod:`tpt_jax.tasks.arithmetic`.
 """
 
 from __future__ import annotations
@@ -37,106 +33,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tpt_jax.errors import TptError
 from tpt_jax.grading import reference_answer
+from tpt_jax.tasks.base import Problem, ProblemList
+from tpt_jax.tasks.prompts import strip_calculator
 
-__all__ = [
-    "INSTRUCTION",
-    "Problem",
-    "ProblemList",
-    "chat_messages",
-    "load_gsm8k",
-    "plain_prompt",
-    "strip_calculator",
-]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem with a known answer."""
-
-    id: str  # stable and unique within a split: "gsm8k/train/42", "arith/test/L2/3f9c0a1b2d4e"
-    question: str
-    answer: str  # the reference answer as grading's strict mode compares it ("1080")
-    solution: str  # worked solution, no <<...>> annotations, last line "#### <answer>"
-    level: int | None = None  # arithmetic steps of a generated problem; None for GSM8K
-
-
-class ProblemList(list):
-    """A ``list`` of :class:`Problem` that also says how many bad rows a loader skipped."""
-
-    skipped: int
-    skip_reasons: list[str]
-    source: dict[str, Any]  # what was read: {"path", "bytes", "sha256"} or {"hf", "split", ...}
-
-    def __init__(
-        self,
-        problems: Sequence[Problem] = (),
-        skip_reasons: Sequence[str] = (),
-        source: dict[str, Any] | None = None,
-    ):
-        super().__init__(problems)
-        self.skip_reasons = list(skip_reasons)
-        self.skipped = len(self.skip_reasons)
-        self.source = dict(source or {})
-
-
-# --------------------------------------------------------------------------------------------
-# Prompts
-
-INSTRUCTION = (
-    "You are an expert mathematician. Solve the following problem step by step, showing each "
-    "calculation. Then write the final answer, just the number, on its own last line in the "
-    "form #### <number>."
-)
-
-
-def chat_messages(
-    question: str, shots: Sequence[Problem] = (), instruction: str | None = None
-) -> list[dict[str, str]]:
-    """The recipe's zero-shot prompt: one user turn, the instruction (:data:`INSTRUCTION` unless
-    `instruction` is given), a blank line, then the question. With `shots`, each worked example
-    comes first as an earlier user turn and its reference solution (annotations removed) as the
-    assistant's reply, so the model sees the answer format in its own chat format and still ends
-    its turn with the end token."""
-    head = INSTRUCTION if instruction is None else instruction
-    messages = []
-    for shot in shots:
-        messages.append({"role": "user", "content": f"{head}\n\n{shot.question.strip()}"})
-        messages.append({"role": "assistant", "content": strip_calculator(shot.solution).strip()})
-    messages.append({"role": "user", "content": f"{head}\n\n{question.strip()}"})
-    return messages
-
-
-def plain_prompt(
-    question: str, shots: Sequence[Problem] = (), instruction: str | None = None
-) -> str:
-    """A plain-text prompt for base models without a chat template: the instruction
-    (:data:`INSTRUCTION` unless given), then ``"Question: ...\\nAnswer: <solution>\\n\\n"``
-    per shot (annotations removed), then the question and ``"Answer:"``."""
-    parts = [INSTRUCTION if instruction is None else instruction, "\n\n"]
-    for shot in shots:
-        solution = strip_calculator(shot.solution).strip()
-        parts.append(f"Question: {shot.question.strip()}\nAnswer: {solution}\n\n")
-    parts.append(f"Question: {question.strip()}\nAnswer:")
-    return "".join(parts)
-
-
-_CALC_RE = re.compile(r"<<[^<>]*>>")
-
-
-def strip_calculator(text: str) -> str:
-    """Remove GSM8K calculator annotations: ``"48/2 = <<48/2=24>>24"`` -> ``"48/2 = 24"``."""
-    return _CALC_RE.sub("", text)
-
-
-# --------------------------------------------------------------------------------------------
-# GSM8K loading
+__all__ = ["load_gsm8k", "source_rows"]
 
 # A reference answer: digits with well-formed thousands separators, or plain digits; decimals.
 _NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")

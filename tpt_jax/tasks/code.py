@@ -28,7 +28,7 @@ from typing import Any
 from tpt_jax.errors import TptError
 from tpt_jax.programs import Limits
 from tpt_jax.programs import verify as verify_program
-from tpt_jax.tasks import source_rows
+from tpt_jax.tasks.gsm8k import source_rows
 
 INSTRUCTION = (
     "Solve the following programming problem in Python 3. The program reads its input from "

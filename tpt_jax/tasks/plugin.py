@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tpt_jax.errors import TptError
-from tpt_jax.tasks import Problem, ProblemList
+from tpt_jax.tasks.base import Problem, ProblemList
 
 __all__ = ["Plugin", "Verdict", "load_plugin"]
 

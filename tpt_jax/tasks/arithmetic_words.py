@@ -1,8 +1,8 @@
-"""Word tables of the arithmetic word-problem generator (:mod:`tpt_jax.arithmetic`): names,
+"""Word tables of the arithmetic word-problem generator (:mod:`tpt_jax.tasks.arithmetic`): names,
 settings (what is counted, in which containers, with which sentences), money phrasings.
 
 Data only: changing any table changes every generated problem, so the tables are part of what
-makes :func:`tpt_jax.arithmetic.generate_problems` deterministic.
+makes :func:`tpt_jax.tasks.arithmetic.generate_problems` deterministic.
 """
 
 from __future__ import annotations
