@@ -66,6 +66,12 @@ def test_codecontests_and_mbpp_layouts_from_local_files(tmp_path: Path) -> None:
     assert "assert double(2) == 4" in mbpp["question"]
     wrong = code_task.verify("```python\nprint(3)\n```", contest)
     assert (wrong.correct, wrong.reason) == (False, "wrong")
+    # Through the plug-in, many programs are verified on threads, in order.
+    plugin = load_plugin("tpt_jax.tasks.code")
+    plugin.extras.update({"train/add_two": contest})
+    texts = [f"```python\n{contest['answer']}\n```", "```python\nprint(3)\n```"] * 4
+    verdicts = plugin.verify_all([(t, "train/add_two") for t in texts])
+    assert [v.reason for v in verdicts] == ["correct", "wrong"] * 4
     assert mbpp["timeout_s"] == 4.0 and rows(source=str(tmp_path), timeout_s=1)[0]["timeout_s"] == 1
 
 

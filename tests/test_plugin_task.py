@@ -55,6 +55,11 @@ def test_a_module_name_works_too(tmp_path: Path, monkeypatch) -> None:
     plugin = load_plugin("my_task")
     assert [p.answer for p in plugin.problems("test", {})] == ["0", "1", "2"]
     assert plugin.verify("2", "2").correct and plugin.instruction is None
+    calls = []
+    real = plugin.module.verify
+    plugin.module.verify = lambda text, problem: calls.append(text) or real(text, problem)
+    got = plugin.verify_all([("2", "2"), ("1", "2"), ("2", "2")])  # each pair verified once
+    assert [v.correct for v in got] == [True, False, True] and calls == ["2", "1"]
 
 
 @pytest.mark.parametrize(
@@ -158,7 +163,7 @@ def test_prune_and_eval_grade_with_the_plugins_verify() -> None:
     ]
     verdicts = {"#### 4": Verdict(False, "wrong"), "yes": Verdict(True, "correct"),
                 "nothing": Verdict(False, "no_answer")}  # fmt: skip
-    verify = lambda text, problem_id: verdicts[text]  # noqa: E731
+    verify = lambda pairs: [verdicts[text] for text, _ in pairs]  # noqa: E731
     result = prune(
         traces,
         {"a": "4"},

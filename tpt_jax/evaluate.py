@@ -30,7 +30,8 @@ from tpt_jax.report import answer_key, answer_order
 from tpt_jax.stats import mean_ci, wilson
 from tpt_jax.think import EncodedPrompts, sample_to_file
 
-Verifier = Callable[[str, str], Any]  # (text, problem id) -> tasks.plugin.Verdict
+# (text, problem id) pairs -> their verdicts, in order (a task plug-in's Plugin.verify_all)
+Verifier = Callable[[Sequence[tuple[str, str]]], Sequence[Any]]
 
 
 def grade(
@@ -39,18 +40,19 @@ def grade(
     mode: str,
     verify: Verifier | None = None,
 ) -> dict:
-    """Per-problem (n, c) counts and the failure tallies of one set of samples; `verify(text,
-    problem_id)` (a user task's verdict) replaces grading the answer under `mode`."""
+    """Per-problem (n, c) counts and the failure tallies of one set of samples; `verify` (a
+    task plug-in's verify_all) replaces grading the answer under `mode`."""
     counts: dict[str, list[int]] = {}
     unextracted = cut = tokens = 0
-    for r in records:
+    verdicts = verify([(r["text"], r["problem_id"]) for r in records]) if verify else None
+    for i, r in enumerate(records):
         n_c = counts.setdefault(r["problem_id"], [0, 0])
         n_c[0] += 1
         if verify is None:
             n_c[1] += is_correct(r["text"], answers[r["problem_id"]], mode)
             unextracted += extract_answer(r["text"], mode) is None
         else:
-            verdict = verify(r["text"], r["problem_id"])
+            verdict = verdicts[i]
             n_c[1] += verdict.correct
             unextracted += verdict.unanswered
         cut += r["finish_reason"] == "length"

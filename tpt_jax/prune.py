@@ -29,6 +29,9 @@ from tpt_jax.grading import extract_answer, is_correct
 
 __all__ = ["PruneResult", "prune"]
 
+# (text, problem id) pairs -> their verdicts, in order (a task plug-in's Plugin.verify_all)
+VerifyAll = Callable[[Sequence[tuple[str, str]]], Sequence[Any]]
+
 
 @dataclass
 class PruneResult:
@@ -44,18 +47,22 @@ def prune(
     config: PruneConfig,
     seed: int,
     *,
-    verify: Callable[[str, str], Any] | None = None,
+    verify: VerifyAll | None = None,
 ) -> PruneResult:
     """Select training and validation examples from `traces`; `answers` maps problem id to
-    reference answer. Returned examples are the trace dicts plus a `correct` flag. `verify(text,
-    problem_id)` (a task plug-in's Verdict: `.correct`, `.unanswered`) replaces grading the
-    answer under `config.grading`."""
+    reference answer. Returned examples are the trace dicts plus a `correct` flag. `verify`, a task
+    plug-in's `verify_all([(text, problem_id), ...])` (verdicts with `.correct` and
+    `.unanswered`), replaces grading the answer under `config.grading`."""
     by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for trace in traces:
         if trace["problem_id"] not in answers:
             raise KeyError(f"trace for unknown problem {trace['problem_id']!r}")
         by_problem[trace["problem_id"]].append(dict(trace))
 
+    verdicts = {}
+    if verify is not None:  # all at once: a plug-in may verify in parallel
+        pairs = [(t["text"], pid) for pid, group in by_problem.items() for t in group]
+        verdicts = dict(zip(pairs, verify(pairs), strict=True))
     dropped: Counter[str] = Counter()
     candidates: dict[str, list[dict[str, Any]]] = {}
     per_problem = []
@@ -70,7 +77,7 @@ def prune(
                 trace["correct"] = is_correct(trace["text"], answers[problem_id], config.grading)
                 unextracted = extract_answer(trace["text"], config.grading) is None
             else:
-                verdict = verify(trace["text"], problem_id)
+                verdict = verdicts[trace["text"], problem_id]
                 trace["correct"], unextracted = verdict.correct, verdict.unanswered
             n_traces += 1
             correct_here += trace["correct"]

@@ -347,7 +347,7 @@ class Run:
         answers = {p.id: p.answer for p in self.problems("train")}
         result = prune(
             traces, answers, self.config.prune, _seed(self.config.seed, "prune", r),
-            verify=self.plugin.verify if self.plugin else None,
+            verify=self.plugin.verify_all if self.plugin else None,
         )  # fmt: skip
         result.stats["val_empty"] = False
         if result.train and not result.val:
@@ -444,7 +444,7 @@ class Run:
             label=f"eval r{r}",
             # A user's task has its own notion of a right answer: no prior baseline for it.
             train_answers=None if self.plugin else [p.answer for p in self.problems("train")],
-            verify=self.plugin.verify if self.plugin else None,
+            verify=self.plugin.verify_all if self.plugin else None,
         )
         prior = summary.get("prior_baseline")
         extra = {"prior_baseline_pass_at_1": prior["pass_at_1"]} if prior else {}

@@ -36,6 +36,7 @@ INSTRUCTION = (
     "```python code block."
 )
 _PYTHON3 = 3  # CodeContests' language id for Python 3
+PARALLEL_VERIFY = True  # verify only waits on sandboxed processes: a thread per core
 _TEST_KINDS = ("public", "private", "generated")
 
 

@@ -21,8 +21,10 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ class Plugin:
     sha256: str  # of that file: a changed verifier makes every stage after it stale
     module: Any
     extras: dict[str, dict[str, Any]] = field(default_factory=dict)  # rows by problem id
+    verdicts: dict[tuple[str, str], Verdict] = field(default_factory=dict)  # (text, id)
 
     @property
     def instruction(self) -> str | None:
@@ -75,6 +78,21 @@ class Plugin:
             raise TptError(f"{where} returned no problems")
         self.extras.update({p.id: dict(r) for p, r in zip(problems, rows, strict=True)})
         return ProblemList(problems, source={"plugin": self.path, "sha256": self.sha256})
+
+    def verify_all(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
+        """The verdicts of (text, problem id) pairs, in order. Each distinct pair is verified
+        once per run (EVAL grades the same samples several times); a plug-in that sets
+        `PARALLEL_VERIFY = True` (its verify is thread-safe: the code task's waits on sandboxed
+        processes) is run on a thread per core."""
+        todo = list(dict.fromkeys(p for p in pairs if p not in self.verdicts))
+        parallel = getattr(self.module, "PARALLEL_VERIFY", False) is True and len(todo) > 1
+        if parallel:
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                done = list(pool.map(lambda pair: self.verify(*pair), todo))
+        else:
+            done = [self.verify(*pair) for pair in todo]
+        self.verdicts.update(zip(todo, done, strict=True))
+        return [self.verdicts[p] for p in pairs]
 
     def verify(self, text: str, problem_id: str) -> Verdict:
         row = self.extras[problem_id]
