@@ -301,3 +301,47 @@ def test_plain_prompt_with_and_without_shots(tmp_path):
 def test_strip_calculator():
     assert strip_calculator("48/2 = <<48/2=24>>24 and $<<90*12=1080>>1080") == "48/2 = 24 and $1080"
     assert strip_calculator("no annotations") == "no annotations"
+
+
+TFDS_BUILDER = """
+import tensorflow_datasets as tfds
+
+
+class TinyGsm8k(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        text = tfds.features.Text()
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({"question": text, "answer": text})
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(ROWS), "test": self._generate_examples(ROWS[1:])}
+
+    def _generate_examples(self, rows):
+        for i, row in enumerate(rows):
+            yield i, row
+"""
+
+
+def test_tfds_source_offline(tmp_path, monkeypatch):
+    """`tfds:NAME` reads a prepared TensorFlow Datasets split with `tfds.data_source`
+    (ArrayRecord, no TensorFlow): here a tiny GSM8K-layout dataset built locally."""
+    import importlib
+
+    package = tmp_path / "pkgs" / "tiny_gsm8k"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(f"ROWS = {ROWS!r}\n" + TFDS_BUILDER)
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    builder = importlib.import_module("tiny_gsm8k").TinyGsm8k
+    builder(data_dir=str(tmp_path / "tfds"), file_format="array_record").download_and_prepare()
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    check_loaded(load_gsm8k("tfds:tiny_gsm8k", "train"))
+    test = load_gsm8k("tfds:tiny_gsm8k", "test")
+    # Ids are positions in the prepared split (TFDS orders records by its own key hash).
+    assert sorted(p.answer for p in test) == ["-3", "1,080"]
+    assert [p.id for p in test] == ["gsm8k/test/0", "gsm8k/test/1"]
+    assert test.source == {"tfds": "tiny_gsm8k", "config": None, "split": "test", "rows": 2}
+    with pytest.raises(TptError, match=r"^tfds:nope: cannot read split 'train'"):
+        load_gsm8k("tfds:nope", "train")

@@ -68,7 +68,9 @@ class TaskConfig:
     # arithmetic (built in, offline), gsm8k, code (tpt_jax/tasks/code.py), math
     # (tpt_jax/tasks/math.py), or plugin (a user's: task.plugin)
     name: str = "arithmetic"
-    source: str = "hf:openai/gsm8k"  # gsm8k: hf[:REPO], a directory, or a .jsonl/.parquet file
+    # gsm8k: hf[:REPO], tfds:NAME[:CONFIG] (prepared, in TFDS_DATA_DIR), a directory, or a
+    # .jsonl / .parquet file
+    source: str = "hf:openai/gsm8k"
     levels: tuple[int, ...] = (1, 2)  # arithmetic: reasoning steps per problem
     max_value: int = 999  # arithmetic: bound on every number shown or computed (10 to 999)
     train_size: int | None = None  # arithmetic: problems generated; gsm8k: first N (None = all)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,6 +170,33 @@ def _hf_rows(
         yield f"{label}[{split}]: row {i}", row
 
 
+def _tfds_rows(
+    name: str, config: str | None, split: str, info: dict[str, Any]
+) -> Iterator[tuple[str, Any]]:
+    """A prepared TensorFlow Datasets split, read with `tfds.data_source` (ArrayRecord, random
+    access, no TensorFlow needed); bytes fields become text. The data directory is TFDS's own
+    (`TFDS_DATA_DIR`, default ~/tensorflow_datasets): nothing is downloaded here."""
+    label = f"tfds:{name}"
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise TptError(
+            f"{label}: reading TensorFlow Datasets needs the 'tfds' extra "
+            "(pip install -e '.[tfds]')"
+        ) from None
+    full = f"{name}/{config}" if config else name
+    try:
+        data_dir = os.environ.get("TFDS_DATA_DIR") or None
+        source = tfds.data_source(full, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # noqa: BLE001 - tfds raises many types; one line for all
+        msg = " ".join(str(e).split())[:300] or type(e).__name__
+        raise TptError(f"{label}: cannot read split {split!r} ({msg})") from None
+    info["rows"] = len(source)
+    for i in range(len(source)):
+        row = {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in source[i].items()}
+        yield f"{label}[{split}]: row {i}", row
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     try:
@@ -184,9 +212,14 @@ def source_rows(
     source: str | Path, split: str, *, hf_default: str = _HF_DEFAULT, hf_config: str | None = "main"
 ) -> tuple[str, Iterator[tuple[str, Any]], dict[str, Any]]:
     """(label, (where, row) pairs, what is read) from `hf[:NAME]` (`datasets`, config
-    `hf_config`), a directory holding SPLIT.jsonl or SPLIT.parquet, or one such file; a hub
+    `hf_config`), `tfds:NAME[:CONFIG]` (a prepared TensorFlow Datasets dataset), a directory
+    holding SPLIT.jsonl or SPLIT.parquet, or one such file; a hub
     source fills in its fingerprint as it is read. Shared by the GSM8K and code loaders."""
     text = str(source)
+    if text.startswith("tfds:"):
+        name, _, config = text[5:].partition(":")
+        info = {"tfds": name, "config": config or None, "split": split}
+        return f"{text}[{split}]", _tfds_rows(name, config or None, split, info), info
     if text == "hf" or text.startswith("hf:"):
         name = text[3:] or hf_default
         info: dict[str, Any] = {"hf": name, "config": hf_config, "split": split}
