@@ -178,3 +178,24 @@ def test_prune_and_eval_grade_with_the_plugins_verify() -> None:
     graded = grade(traces, {"a": "4"}, "strict", verify)
     assert graded["counts"] == {"a": (3, 1)} and graded["extraction_failure_rate"] == 1 / 3
     assert grade(traces, {"a": "4"}, "strict")["counts"] == {"a": (3, 1)}  # "#### 4" alone
+
+
+def test_a_parallel_plugin_verifies_while_sampling_goes_on(tmp_path: Path) -> None:
+    """`prefetch` (called with each chunk of fresh samples) verifies in the background; the
+    stage's `verify_all` then waits for it and verifies nothing twice. A verify that raised
+    in the background raises there, as one line."""
+    body = GOOD + "\n    PARALLEL_VERIFY = True\n"  # GOOD is indented (dedented when written)
+    plugin = load_plugin(plugin_file(tmp_path, body))
+    plugin.problems("train", {})
+    calls = []
+    real = plugin.module.verify
+    plugin.module.verify = lambda text, problem: calls.append(text) or real(text, problem)
+    chunk = [{"text": str(i), "problem_id": str(i)} for i in range(3)]
+    plugin.prefetch(chunk)
+    verdicts = plugin.verify_all([(r["text"], r["problem_id"]) for r in chunk] + [("9", "1")])
+    assert [v.correct for v in verdicts] == [True, True, True, False]
+    assert sorted(calls) == ["0", "1", "2", "9"]  # each once: the prefetched ones not again
+    plugin.module.verify = lambda text, problem: 1 / 0
+    plugin.prefetch([{"text": "x", "problem_id": "0"}])
+    with pytest.raises(TptError, match="verify raised ZeroDivisionError"):
+        plugin.verify_all([("y", "0")])

@@ -164,9 +164,11 @@ def evaluate(
     label: str = "eval",
     train_answers: Sequence[str] | None = None,
     verify: Verifier | None = None,
+    on_records: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> dict[str, Any]:
     """Sample, grade and summarize; samples go to `out_dir` (resumable), the summary too.
-    `train_answers`: the train split's reference answers, for the prior baseline."""
+    `train_answers`: the train split's reference answers, for the prior baseline;
+    `on_records`: as `sample_to_file`'s (a task plug-in verifying while sampling goes on)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     answers = {p.id: p.answer for p in prompts.problems}
     params = SamplingParams(
@@ -177,14 +179,16 @@ def evaluate(
         seed=seed,
     )
     sampled = sample_to_file(
-        handle, prompts, params, out_dir / "samples.jsonl", label=f"{label} sampled"
-    )
+        handle, prompts, params, out_dir / "samples.jsonl", label=f"{label} sampled",
+        on_records=on_records,
+    )  # fmt: skip
     greedy = []
     if config.greedy:
         params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0.0, n=1)
         greedy = sample_to_file(
-            handle, prompts, params, out_dir / "greedy.jsonl", label=f"{label} greedy"
-        )
+            handle, prompts, params, out_dir / "greedy.jsonl", label=f"{label} greedy",
+            on_records=on_records,
+        )  # fmt: skip
     summary = summarize(
         sampled, greedy, answers, config, train_answers=train_answers, verify=verify
     )

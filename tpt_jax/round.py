@@ -330,7 +330,10 @@ class Run:
             seed=_seed(self.config.seed, "think", r),
         )
         t0 = time.perf_counter()
-        records = sample_to_file(handle, prompts, params, traces_path, label="think")
+        prefetch = self.plugin.prefetch if self.plugin else None  # verify while sampling
+        records = sample_to_file(
+            handle, prompts, params, traces_path, label="think", on_records=prefetch
+        )
         tokens = sum(t["n_tokens"] for t in records)
         stats = {
             "problems": len(prompts.problems),
@@ -445,6 +448,7 @@ class Run:
             # A user's task has its own notion of a right answer: no prior baseline for it.
             train_answers=None if self.plugin else [p.answer for p in self.problems("train")],
             verify=self.plugin.verify_all if self.plugin else None,
+            on_records=self.plugin.prefetch if self.plugin else None,
         )
         prior = summary.get("prior_baseline")
         extra = {"prior_baseline_pass_at_1": prior["pass_at_1"]} if prior else {}

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,9 +104,12 @@ def sample_to_file(
     path: Path,
     *,
     label: str,
+    on_records: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Sample `params.n` answers per prompt into `path` (JSONL, one record per sample), resuming
     from whatever complete problems it already holds; returns all records in problem order.
+    `on_records` gets each chunk's finished records as they come (a task plug-in starts
+    verifying them while the engine goes on sampling).
 
     Every prompt still to do goes to the engine at once, which keeps its decode slots full.
     Problems finish out of order; after each engine chunk the problems whose n samples are all
@@ -138,6 +141,8 @@ def sample_to_file(
                         problem = prompts.problems[todo[k]]
                         new += [_record(problem.id, j, s) for j, s in enumerate(pending.pop(k))]
                 records += new
+                if on_records is not None:
+                    on_records(new)
                 if f is not None:
                     f.write("".join(map(_line, new)))
                     f.flush()

@@ -24,7 +24,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,8 @@ class Plugin:
     module: Any
     extras: dict[str, dict[str, Any]] = field(default_factory=dict)  # rows by problem id
     verdicts: dict[tuple[str, str], Verdict] = field(default_factory=dict)  # (text, id)
+    _background: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _pending: list[Future] = field(default_factory=list, repr=False)
 
     @property
     def instruction(self) -> str | None:
@@ -79,14 +81,34 @@ class Plugin:
         self.extras.update({p.id: dict(r) for p, r in zip(problems, rows, strict=True)})
         return ProblemList(problems, source={"plugin": self.path, "sha256": self.sha256})
 
+    @property
+    def parallel(self) -> bool:
+        """The plug-in says its verify is thread-safe (`PARALLEL_VERIFY = True`: the code
+        task's only waits on sandboxed processes)."""
+        return getattr(self.module, "PARALLEL_VERIFY", False) is True
+
+    def prefetch(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Start verifying freshly sampled records in the background (a parallel plug-in only),
+        so that verification overlaps with generation; `verify_all` waits for it."""
+        if not self.parallel or not records:
+            return
+        if self._background is None:
+            self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tpt-verify")
+        pairs = [(r["text"], r["problem_id"]) for r in records]
+        self._pending.append(self._background.submit(self._verify_now, pairs))
+
     def verify_all(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
         """The verdicts of (text, problem id) pairs, in order. Each distinct pair is verified
-        once per run (EVAL grades the same samples several times); a plug-in that sets
-        `PARALLEL_VERIFY = True` (its verify is thread-safe: the code task's waits on sandboxed
-        processes) is run on a thread per core."""
+        once per run (EVAL grades the same samples several times, and `prefetch` may have
+        verified them while they were sampled); a parallel plug-in runs on a thread per core."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()  # a verify that raised raises here
+        return self._verify_now(pairs)
+
+    def _verify_now(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
         todo = list(dict.fromkeys(p for p in pairs if p not in self.verdicts))
-        parallel = getattr(self.module, "PARALLEL_VERIFY", False) is True and len(todo) > 1
-        if parallel:
+        if self.parallel and len(todo) > 1:
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
                 done = list(pool.map(lambda pair: self.verify(*pair), todo))
         else:
