@@ -175,6 +175,9 @@ def test_loads_a_checkpoint_of_the_previous_format(tmp_path: Path) -> None:
     (legacy / "COMMITTED").write_text("tpt_jax checkpoint format 1\n")
     assert is_checkpoint(legacy)
     _assert_same_params(model, load_checkpoint(legacy))
+    newer = init_model(LLAMA, seed=5)
+    save_checkpoint(newer, legacy)  # saving there writes format 2 beside it, and that loads
+    _assert_same_params(newer, load_checkpoint(legacy))
 
 
 def _one_line_error(directory: Path, match: str) -> str:

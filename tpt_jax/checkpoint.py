@@ -125,8 +125,9 @@ def checkpoint_config(directory: str | Path) -> dict[str, Any]:
 
 
 def _read_config(directory: Any) -> tuple[dict[str, Any], Any, Any, int | None]:
-    """(config dict, where it is, the reading manager, its step); no manager for format 1."""
-    if (directory / LEGACY_MARKER).is_file():
+    """(config dict, where it is, the reading manager, its step); no manager for format 1
+    (a format-1 directory saved into since holds steps too: the steps win)."""
+    if (directory / LEGACY_MARKER).is_file() and not _has_steps(directory):
         config_file = directory / "config.json"
         hf_cfg = _check_config(_read_json(config_file, "checkpoint config"), config_file)
         return hf_cfg, config_file, None, None
@@ -304,6 +305,10 @@ def _local(directory: Any) -> bool:
     return "://" not in os.fspath(directory)
 
 
+def _has_steps(directory: Any) -> bool:
+    return any(_step_number(p.name) is not None for p in directory.iterdir())
+
+
 def _step_number(name: str) -> int | None:
     return int(name) if name.isdigit() else None
 
@@ -424,7 +429,7 @@ def _write_error(directory: Any, what: str, e: OSError) -> CheckpointWriteError:
         if blocker is not None:  # mkdir says "File exists" or "Not a directory": name the file
             reason = f"{blocker} is a file, not a directory"
     try:
-        finished = any(_step_number(p.name) is not None for p in directory.iterdir())
+        finished = _has_steps(directory)
     except OSError:
         finished = False
     left = f"the previous {what} there is intact" if finished else "nothing was written"
