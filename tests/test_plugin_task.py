@@ -58,8 +58,8 @@ def test_a_module_name_works_too(tmp_path: Path, monkeypatch) -> None:
     calls = []
     real = plugin.module.verify
     plugin.module.verify = lambda text, problem: calls.append(text) or real(text, problem)
-    got = plugin.verify_all([("2", "2"), ("1", "2"), ("2", "2")])  # each pair verified once
-    assert [v.correct for v in got] == [True, False, True] and calls == ["2", "1"]
+    got = plugin.verify_all([("2", "2"), ("1", "2"), ("2", "2")])  # cheap: nothing is kept
+    assert [v.correct for v in got] == [True, False, True] and calls == ["2", "1", "2"]
 
 
 @pytest.mark.parametrize(
@@ -163,7 +163,7 @@ def test_prune_and_eval_grade_with_the_plugins_verify() -> None:
     ]
     verdicts = {"#### 4": Verdict(False, "wrong"), "yes": Verdict(True, "correct"),
                 "nothing": Verdict(False, "no_answer")}  # fmt: skip
-    verify = lambda pairs: [verdicts[text] for text, _ in pairs]  # noqa: E731
+    verify = lambda pairs, mode: [verdicts[text] for text, _ in pairs]  # noqa: E731
     result = prune(
         traces,
         {"a": "4"},
@@ -199,3 +199,69 @@ def test_a_parallel_plugin_verifies_while_sampling_goes_on(tmp_path: Path) -> No
     plugin.prefetch([{"text": "x", "problem_id": "0"}])
     with pytest.raises(TptError, match="verify raised ZeroDivisionError"):
         plugin.verify_all([("y", "0")])
+
+
+def test_a_plugin_with_grading_modes_gets_the_stages_mode(tmp_path: Path) -> None:
+    """GRADING_MODES: verify takes the mode as a third argument (checked when loading), gets the
+    stage's mode, and a parallel one keeps verdicts per mode."""
+    body = GOOD.replace("def verify(text, problem):", "def verify(text, problem, mode):")
+    body += "\n    GRADING_MODES = ('exact', 'loose')\n    PARALLEL_VERIFY = True\n"
+    plugin = load_plugin(plugin_file(tmp_path, body))
+    assert plugin.grading_modes == ("exact", "loose")
+    plugin.problems("train", {})
+    seen = []
+    plugin.module.verify = lambda text, problem, mode: seen.append(mode) or mode == "loose"
+    assert [v.correct for v in plugin.verify_all([("1", "1")], "exact")] == [False]
+    assert [v.correct for v in plugin.verify_all([("1", "1")], "loose")] == [True]
+    assert seen == ["exact", "loose"]
+    with pytest.raises(TptError, match=r"verify must take 3 arguments \(text, problem, mode\)"):
+        load_plugin(plugin_file(tmp_path, GOOD + "\n    GRADING_MODES = ('exact',)\n"))
+
+
+@pytest.mark.parametrize("name", ["arithmetic", "gsm8k"])
+def test_the_answer_tasks_are_plugins(name: str, tmp_path: Path) -> None:
+    """The built-in answer tasks go through the plug-in protocol: `task.name: X` and
+    `task.name: plugin` naming the package's module load the same problems, and verify is
+    the grading of `tpt_jax.grading` in every mode (GSM8K's own solutions all right)."""
+    from tpt_jax.grading import MODES, extract_answer, is_correct
+    from tpt_jax.round import Run
+
+    if name == "arithmetic":
+        section = "{name: arithmetic, levels: [1, 3], max_value: 50, test_size: 40, train_size: 30}"
+        options = "{levels: [1, 3], max_value: 50, test_size: 40, train_size: 30, seed: 0}"
+    else:  # GSM8K's layout, answers with thousands separators among them
+        gsm8k = tmp_path / "gsm8k"
+        gsm8k.mkdir()
+        for split in ("train", "test"):
+            rows = [
+                {"question": f"{split}: what is {i} + 995?",
+                 "answer": f"{i} + 995 = <<{i}+995={i + 995}>>{i + 995}\n#### {i + 995:,}"}
+                for i in range(50)
+            ]  # fmt: skip
+            (gsm8k / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        section = f"{{name: gsm8k, source: {gsm8k}, test_size: 40, train_size: 30}}"
+        options = f"{{source: {gsm8k}}}"
+    runs = []
+    for task in (section, f"{{name: plugin, plugin: tpt_jax.tasks.{name}, options: {options},"
+                          " test_size: 40, train_size: 30}"):  # fmt: skip
+        config = tmp_path / f"{len(runs)}.yaml"
+        config.write_text(f"base: {ROOT / 'configs' / 'smoke.yaml'}\nseed: 0\ntask: {task}\n")
+        runs.append(Run(load_config(config), tmp_path / f"run{len(runs)}"))
+    builtin, plugin = runs
+    assert builtin.plugin.grading_modes == MODES == plugin.plugin.grading_modes
+    for split in ("train", "test"):
+        assert builtin.problems(split) == plugin.problems(split) and builtin.problems(split)
+    assert builtin._data["test_sha256"] != plugin._data["test_sha256"]  # + the module's hash
+    problems = builtin.problems("test")
+    texts = [p.solution for p in problems] + ["#### 1,000", "The answer is 3.", "####\n7"]
+    pairs = [(t, p.id) for t in texts for p in problems[:5]] + [
+        (p.solution, p.id) for p in problems
+    ]
+    answers = {p.id: p.answer for p in problems}
+    for mode in MODES:
+        verdicts = builtin.plugin.verify_all(pairs, mode)
+        assert [v.correct for v in verdicts] == [is_correct(t, answers[i], mode) for t, i in pairs]
+        assert [v.unanswered for v in verdicts] == [
+            extract_answer(t, mode) is None for t, _ in pairs
+        ]
+        assert all(v.correct for v in verdicts[-len(problems) :])  # every solution is right

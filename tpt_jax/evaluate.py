@@ -25,13 +25,14 @@ from tpt_jax.api import ModelHandle
 from tpt_jax.config import EvalConfig
 from tpt_jax.distributed import is_primary
 from tpt_jax.engine import SamplingParams
-from tpt_jax.grading import MODES, extract_answer, is_correct, mean_pass_at_k
+from tpt_jax.grading import MODES, is_correct, mean_pass_at_k
 from tpt_jax.report import answer_key, answer_order
 from tpt_jax.stats import mean_ci, wilson
+from tpt_jax.tasks.answers import answer_verifier
 from tpt_jax.think import EncodedPrompts, sample_to_file
 
-# (text, problem id) pairs -> their verdicts, in order (a task plug-in's Plugin.verify_all)
-Verifier = Callable[[Sequence[tuple[str, str]]], Sequence[Any]]
+# ((text, problem id) pairs, grading mode) -> their verdicts, in order (Plugin.verify_all)
+Verifier = Callable[[Sequence[tuple[str, str]], str], Sequence[Any]]
 
 
 def grade(
@@ -40,21 +41,17 @@ def grade(
     mode: str,
     verify: Verifier | None = None,
 ) -> dict:
-    """Per-problem (n, c) counts and the failure tallies of one set of samples; `verify` (a
-    task plug-in's verify_all) replaces grading the answer under `mode`."""
+    """Per-problem (n, c) counts and the failure tallies of one set of samples; `verify` (the
+    task's verify_all) judges them, by default by their answers under `mode`."""
     counts: dict[str, list[int]] = {}
     unextracted = cut = tokens = 0
-    verdicts = verify([(r["text"], r["problem_id"]) for r in records]) if verify else None
-    for i, r in enumerate(records):
+    verify = verify or answer_verifier(answers)
+    verdicts = verify([(r["text"], r["problem_id"]) for r in records], mode)
+    for r, verdict in zip(records, verdicts, strict=True):
         n_c = counts.setdefault(r["problem_id"], [0, 0])
         n_c[0] += 1
-        if verify is None:
-            n_c[1] += is_correct(r["text"], answers[r["problem_id"]], mode)
-            unextracted += extract_answer(r["text"], mode) is None
-        else:
-            verdict = verdicts[i]
-            n_c[1] += verdict.correct
-            unextracted += verdict.unanswered
+        n_c[1] += verdict.correct
+        unextracted += verdict.unanswered
         cut += r["finish_reason"] == "length"
         tokens += r["n_tokens"]
     total = max(len(records), 1)
@@ -112,9 +109,11 @@ def summarize(
     *,
     train_answers: Sequence[str] | None = None,
     verify: Verifier | None = None,
+    modes: Sequence[str] = MODES,
 ) -> dict[str, Any]:
     """The numbers of one evaluation (what `summary.json` and `tpt report` show). With
-    `train_answers` (the train split's reference answers) it adds `prior_baseline`."""
+    `train_answers` (the train split's reference answers) it adds `prior_baseline`; `modes`
+    are the grading modes the task's verifier knows (none: no `pass_at_1_by_mode`)."""
     graded = grade(sampled, answers, config.grading, verify)
     counts = list(graded["counts"].values())
     accuracy = [c / n for n, c in counts]
@@ -127,10 +126,6 @@ def summarize(
         "pass_at_1": pass1,
         "pass_at_1_ci95": [low, high],
         "pass_at_k": {str(k): mean_pass_at_k(counts, k) for k in config.ks if counts},
-        # The same samples under every grading mode: how much of a change is answer format.
-        "pass_at_1_by_mode": {
-            mode: _mean_accuracy(grade(sampled, answers, mode, verify)) for mode in MODES
-        },
         "extraction_failure_rate": graded["extraction_failure_rate"],
         # Per-problem accuracy, so rounds can be compared problem by problem (paired).
         "per_problem_accuracy": {pid: c / n for pid, (n, c) in graded["counts"].items()},
@@ -140,6 +135,9 @@ def summarize(
         "cut_rate": graded["cut_rate"],
         "mean_tokens": graded["mean_tokens"],
     }
+    if modes:  # the same samples under every grading mode: how much of a change is format
+        by_mode = {mode: _mean_accuracy(grade(sampled, answers, mode, verify)) for mode in modes}
+        out["pass_at_1_by_mode"] = by_mode
     if train_answers:
         out["prior_baseline"] = prior_baseline(
             train_answers, answers, graded["counts"], config.grading
@@ -164,10 +162,12 @@ def evaluate(
     label: str = "eval",
     train_answers: Sequence[str] | None = None,
     verify: Verifier | None = None,
+    modes: Sequence[str] = MODES,
     on_records: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> dict[str, Any]:
     """Sample, grade and summarize; samples go to `out_dir` (resumable), the summary too.
-    `train_answers`: the train split's reference answers, for the prior baseline;
+    `train_answers`: the train split's reference answers, for the prior baseline; `verify`,
+    `modes`: the task's verifier and the grading modes it knows (as `summarize` takes them);
     `on_records`: as `sample_to_file`'s (a task plug-in verifying while sampling goes on)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     answers = {p.id: p.answer for p in prompts.problems}
@@ -190,7 +190,7 @@ def evaluate(
             on_records=on_records,
         )  # fmt: skip
     summary = summarize(
-        sampled, greedy, answers, config, train_answers=train_answers, verify=verify
+        sampled, greedy, answers, config, train_answers=train_answers, verify=verify, modes=modes
     )
     summary["skipped_too_long"] = prompts.skipped_too_long
     if is_primary():

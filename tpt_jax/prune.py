@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tpt_jax.config import PruneConfig
-from tpt_jax.grading import extract_answer, is_correct
+from tpt_jax.tasks.answers import answer_verifier
 
 __all__ = ["PruneResult", "prune"]
 
-# (text, problem id) pairs -> their verdicts, in order (a task plug-in's Plugin.verify_all)
-VerifyAll = Callable[[Sequence[tuple[str, str]]], Sequence[Any]]
+# ((text, problem id) pairs, grading mode) -> their verdicts, in order (Plugin.verify_all)
+VerifyAll = Callable[[Sequence[tuple[str, str]], str], Sequence[Any]]
 
 
 @dataclass
@@ -50,19 +50,20 @@ def prune(
     verify: VerifyAll | None = None,
 ) -> PruneResult:
     """Select training and validation examples from `traces`; `answers` maps problem id to
-    reference answer. Returned examples are the trace dicts plus a `correct` flag. `verify`, a task
-    plug-in's `verify_all([(text, problem_id), ...])` (verdicts with `.correct` and
-    `.unanswered`), replaces grading the answer under `config.grading`."""
+    reference answer. Returned examples are the trace dicts plus a `correct` flag. `verify`, the
+    task's `verify_all([(text, problem_id), ...], config.grading)` (verdicts with `.correct` and
+    `.unanswered`), says which traces are right; by default, their answers under the grading
+    mode."""
     by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for trace in traces:
         if trace["problem_id"] not in answers:
             raise KeyError(f"trace for unknown problem {trace['problem_id']!r}")
         by_problem[trace["problem_id"]].append(dict(trace))
 
-    verdicts = {}
-    if verify is not None:  # all at once: a plug-in may verify in parallel
-        pairs = [(t["text"], pid) for pid, group in by_problem.items() for t in group]
-        verdicts = dict(zip(pairs, verify(pairs), strict=True))
+    verify = verify or answer_verifier(answers)
+    pairs = [(t["text"], pid) for pid, group in by_problem.items() for t in group]
+    verdicts = dict(zip(pairs, verify(pairs, config.grading), strict=True))  # all at once: a
+    # task may verify in parallel
     dropped: Counter[str] = Counter()
     candidates: dict[str, list[dict[str, Any]]] = {}
     per_problem = []
@@ -73,12 +74,8 @@ def prune(
         seen: set[str] = set()
         correct_here = 0
         for trace in group:
-            if verify is None:
-                trace["correct"] = is_correct(trace["text"], answers[problem_id], config.grading)
-                unextracted = extract_answer(trace["text"], config.grading) is None
-            else:
-                verdict = verdicts[trace["text"], problem_id]
-                trace["correct"], unextracted = verdict.correct, verdict.unanswered
+            verdict = verdicts[trace["text"], problem_id]
+            trace["correct"], unextracted = verdict.correct, verdict.unanswered
             n_traces += 1
             correct_here += trace["correct"]
             n_unextracted += unextracted

@@ -63,9 +63,8 @@ from tpt_jax.models.transformer import init_model
 from tpt_jax.prune import prune
 from tpt_jax.sharding import SAMPLE_RULES, TRAIN_RULES, make_mesh
 from tpt_jax.stages import first_difference, stage_inputs
-from tpt_jax.tasks import INSTRUCTION, Problem, ProblemList, load_gsm8k
-from tpt_jax.tasks.arithmetic import generate_problems
-from tpt_jax.tasks.plugin import load_plugin
+from tpt_jax.tasks import INSTRUCTION, Problem
+from tpt_jax.tasks.plugin import BUILT_IN, load_plugin
 from tpt_jax.think import (
     EncodedPrompts,
     encode_prompts,
@@ -78,8 +77,6 @@ from tpt_jax.tokenizer import Tokenizer
 from tpt_jax.train import train
 
 STAGES = ("think", "prune", "train", "eval")
-# Built-in tasks that are task plug-ins (the same protocol as a user's task.plugin).
-BUILT_IN_PLUGINS = {"code": "tpt_jax.tasks.code", "math": "tpt_jax.tasks.math"}
 SCRATCH = ("state", "best")  # TRAIN's resume files, deleted once its DONE.json is written
 
 
@@ -134,11 +131,19 @@ class Run:
         self._handle: tuple[str, ModelHandle] | None = None
         self._problems: dict[str, list[Problem]] | None = None
         self._data: dict[str, Any] = {}  # the manifest's `data`: skipped lines, files read
-        # A task plug-in (a user's, or the code task), imported and checked before any work.
-        spec = BUILT_IN_PLUGINS.get(config.task.name, config.task.plugin)
-        self.plugin = load_plugin(spec) if spec else None
-        instruction = config.task.instruction or (self.plugin and self.plugin.instruction)
-        self.task = dataclasses.replace(config.task, instruction=instruction)  # prompts use it
+        # The task's plug-in (a module of tpt_jax.tasks, or the user's task.plugin), imported
+        # and checked before any work.
+        task = config.task
+        self.plugin = load_plugin(BUILT_IN.get(task.name) or task.plugin or "")
+        modes = self.plugin.grading_modes
+        for key, mode in (
+            ("prune.grading", config.prune.grading),
+            ("eval.grading", config.eval.grading),
+        ):
+            if modes and mode not in modes:
+                raise TptError(f"{key}: {mode!r} is not a grading mode of the task ({modes})")
+        instruction = task.instruction or self.plugin.instruction
+        self.task = dataclasses.replace(task, instruction=instruction)  # prompts use it
 
     @functools.cached_property
     def metrics(self) -> MetricsWriter:  # opened on first use: a run that fails checks has none
@@ -330,9 +335,8 @@ class Run:
             seed=_seed(self.config.seed, "think", r),
         )
         t0 = time.perf_counter()
-        prefetch = self.plugin.prefetch if self.plugin else None  # verify while sampling
-        records = sample_to_file(
-            handle, prompts, params, traces_path, label="think", on_records=prefetch
+        records = sample_to_file(  # a slow verifier starts on records while sampling goes on
+            handle, prompts, params, traces_path, label="think", on_records=self.plugin.prefetch
         )
         tokens = sum(t["n_tokens"] for t in records)
         stats = {
@@ -350,7 +354,7 @@ class Run:
         answers = {p.id: p.answer for p in self.problems("train")}
         result = prune(
             traces, answers, self.config.prune, _seed(self.config.seed, "prune", r),
-            verify=self.plugin.verify_all if self.plugin else None,
+            verify=self.plugin.verify_all,
         )  # fmt: skip
         result.stats["val_empty"] = False
         if result.train and not result.val:
@@ -436,6 +440,7 @@ class Run:
         prompts = encode_prompts(
             handle, self.problems("test"), self.task, self.shots(), None, cfg.max_new_tokens
         )
+        modes = self.plugin.grading_modes
         # The train answers give the prior baseline (always the most common train answer):
         # the Pass@1 a model gets from the answer distribution alone.
         summary = evaluate(
@@ -445,10 +450,12 @@ class Run:
             out,
             seed=_seed(self.config.seed, "eval"),
             label=f"eval r{r}",
-            # A user's task has its own notion of a right answer: no prior baseline for it.
-            train_answers=None if self.plugin else [p.answer for p in self.problems("train")],
-            verify=self.plugin.verify_all if self.plugin else None,
-            on_records=self.plugin.prefetch if self.plugin else None,
+            # Only an answer-graded task has a prior baseline; the others' notion of a right
+            # answer is their own (a program passing tests).
+            train_answers=[p.answer for p in self.problems("train")] if modes else None,
+            verify=self.plugin.verify_all,
+            modes=modes,
+            on_records=self.plugin.prefetch,
         )
         prior = summary.get("prior_baseline")
         extra = {"prior_baseline_pass_at_1": prior["pass_at_1"]} if prior else {}
@@ -560,33 +567,22 @@ class Run:
             sizes = {"train": task.train_size, "test": task.test_size}
             problems: dict[str, list[Problem]] = {}
             data: dict[str, Any] = {"task": task.name}
+            # A built-in answer task's rows are its problems and its verifier is the package's
+            # grading: its data alone is what stages depend on (older runs' hashes stay valid).
+            hashed_plugin = None if task.name in ("arithmetic", "gsm8k") else self.plugin
             for name, size in sizes.items():
-                if task.name == "arithmetic":
-                    problems[name] = generate_problems(
-                        name, size or 500, task.levels, self.config.seed, max_value=task.max_value
+                loaded = self.plugin.problems(name, _task_options(self.config))
+                problems[name] = loaded[:size]
+                skipped = loaded.skipped
+                if skipped:
+                    _say(
+                        f"data: skipped {skipped} bad line{'s' * (skipped > 1)} of the {name}"
+                        f" split (task.on_bad_line: skip); first: {loaded.skip_reasons[0]}"
                     )
-                    source = {"generator": "arithmetic", "levels": list(task.levels)}
-                    source |= {"max_value": task.max_value, "seed": self.config.seed}
-                    loaded: list[Problem] = problems[name]
-                    skipped = 0
-                elif self.plugin is not None:
-                    loaded = self.plugin.problems(name, task.options or {})
-                    problems[name] = loaded[:size]
-                    source, skipped = loaded.source, 0
-                else:
-                    loaded = load_gsm8k(task.source, name, on_bad_line=task.on_bad_line)
-                    problems[name] = loaded[:size]
-                    assert isinstance(loaded, ProblemList)
-                    source, skipped = loaded.source, loaded.skipped
-                    if skipped:
-                        _say(
-                            f"data: skipped {skipped} bad line{'s' * (skipped > 1)} of the {name}"
-                            f" split (task.on_bad_line: skip); first: {loaded.skip_reasons[0]}"
-                        )
                 data[f"{name}_skipped"] = skipped
                 data[f"{name}_problems"] = len(problems[name])
-                data[f"{name}_sha256"] = _problems_sha256(problems[name], self.plugin)
-                data[f"{name}_source"] = source
+                data[f"{name}_sha256"] = _problems_sha256(problems[name], hashed_plugin)
+                data[f"{name}_source"] = loaded.source
             self._problems, self._data = problems, data
         return self._problems[split]
 
@@ -752,6 +748,23 @@ def _check_mesh(shape: tuple[int, ...] | None, key: str = "model.mesh") -> None:
             f"{'is' if n == 1 else 'are'} available; make the sizes multiply to {n}, or leave "
             f"{key} unset ({unset})"
         )
+
+
+def _task_options(config: RunConfig) -> dict[str, Any]:
+    """What the task plug-in's problems() gets: the built-in answer tasks' keys of the task
+    section, or task.options as the user wrote it."""
+    task = config.task
+    if task.name == "arithmetic":
+        sizes = {"train_size": task.train_size, "test_size": task.test_size}
+        return {
+            **sizes,
+            "levels": list(task.levels),
+            "max_value": task.max_value,
+            "seed": config.seed,
+        }
+    if task.name == "gsm8k":
+        return {"source": task.source, "on_bad_line": task.on_bad_line}
+    return dict(task.options or {})
 
 
 def _problems_sha256(problems: list[Problem], plugin: Any = None) -> str:

@@ -1,11 +1,12 @@
 """Tasks: where problems come from, how they become prompts, how a completion is verified.
 
-One module per task: `arithmetic` (the built-in generator), `gsm8k`, `code`, `math`, and
-`plugin` (a user's task, and the protocol `code` and `math` follow too: `problems(split,
-options)`, `verify(text, problem)`). `base` holds the `Problem` record, `prompts` the prompts.
+Every task is a task plug-in (`plugin` says the protocol: `problems(split, options)`,
+`verify(text, problem)`, and loads and checks one), and each built-in task is one module:
+`arithmetic` (the offline generator), `gsm8k`, `code`, `math`; `answers` is the answer tasks'
+verify. `base` holds the `Problem` and `Verdict` records, `prompts` the prompts.
 """
 
-from tpt_jax.tasks.base import Problem, ProblemList
+from tpt_jax.tasks.base import Problem, ProblemList, Verdict
 from tpt_jax.tasks.gsm8k import load_gsm8k, source_rows
 from tpt_jax.tasks.prompts import INSTRUCTION, chat_messages, plain_prompt, strip_calculator
 
@@ -13,6 +14,7 @@ __all__ = [
     "INSTRUCTION",
     "Problem",
     "ProblemList",
+    "Verdict",
     "chat_messages",
     "load_gsm8k",
     "plain_prompt",

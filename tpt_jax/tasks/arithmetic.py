@@ -13,6 +13,9 @@ the answers"), and no step undoes the step before it.
 The word tables (names, settings, phrasings) live in :mod:`tpt_jax.tasks.arithmetic_words`. Pure
 Python, layer 0. The seed strings still say ``tpt_jax.tasks`` (where this code first lived) so
 that the problems stay the same.
+
+The module is the `arithmetic` task's plug-in (``tasks/plugin.py``): :func:`problems` and the
+answer tasks' ``verify`` (``tasks/answers.py``).
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tpt_jax.errors import TptError
+from tpt_jax.tasks.answers import GRADING_MODES, verify
 from tpt_jax.tasks.arithmetic_words import (
     CONNECTORS,
     EARN,
@@ -41,9 +45,9 @@ from tpt_jax.tasks.arithmetic_words import (
     Setting,
     Thing,
 )
-from tpt_jax.tasks.base import Problem
+from tpt_jax.tasks.base import Problem, ProblemList
 
-__all__ = ["generate_problems", "split_of"]
+__all__ = ["GRADING_MODES", "generate_problems", "problems", "split_of", "verify"]
 
 _MAX = 999  # by default every value in a generated problem stays within 1.._MAX
 
@@ -597,6 +601,17 @@ def generate_problems(
             Problem(f"arith/{split}/L{level}/{digest}", question, str(answer), solution, level)
         )
     return problems
+
+
+def problems(split: str, options: Mapping[str, Any]) -> ProblemList:
+    """The task plug-in's problems: ``options`` holds the run's ``train_size`` / ``test_size``
+    (None: 500), ``levels``, ``max_value`` and ``seed``."""
+    size = options.get(f"{split}_size") or 500
+    levels = list(options.get("levels", (1, 2)))
+    seed, max_value = options.get("seed", 0), options.get("max_value", _MAX)
+    made = generate_problems(split, size, levels, seed, max_value=max_value)
+    source = {"generator": "arithmetic", "levels": levels, "max_value": max_value, "seed": seed}
+    return ProblemList(made, source=source)
 
 
 def _main() -> (

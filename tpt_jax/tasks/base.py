@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Problem", "ProblemList"]
+__all__ = ["Problem", "ProblemList", "Verdict"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,19 @@ class Problem:
     answer: str  # the reference answer as grading's strict mode compares it ("1080")
     solution: str  # worked solution, no <<...>> annotations, last line "#### <answer>"
     level: int | None = None  # arithmetic steps of a generated problem; None for GSM8K
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a task's verifier says of one completion."""
+
+    correct: bool
+    reason: str  # correct, wrong, no_answer, timeout, ... (the task's words)
+
+    @property
+    def unanswered(self) -> bool:
+        """No answer to grade (no number, no program): counted as an extraction failure."""
+        return self.reason in ("no_answer", "no_program")
 
 
 class ProblemList(list):

@@ -25,7 +25,9 @@ A split with no problems left is an error in both modes. ``.source`` says what w
 run's provenance: a local file's path, size and sha256, or a hub dataset's name, split and
 ``datasets`` fingerprint.
 
-Generated arithmetic word problems live in :mod:`tpt_jax.tasks.arithmetic`.
+The module is the `gsm8k` task's plug-in (``tasks/plugin.py``): :func:`problems` and the
+answer tasks' ``verify`` (``tasks/answers.py``). Generated arithmetic word problems live in
+:mod:`tpt_jax.tasks.arithmetic`.
 """
 
 from __future__ import annotations
@@ -34,16 +36,17 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from tpt_jax.errors import TptError
 from tpt_jax.grading import reference_answer
+from tpt_jax.tasks.answers import GRADING_MODES, verify
 from tpt_jax.tasks.base import Problem, ProblemList
 from tpt_jax.tasks.prompts import strip_calculator
 
-__all__ = ["load_gsm8k", "source_rows"]
+__all__ = ["GRADING_MODES", "load_gsm8k", "problems", "source_rows", "verify"]
 
 # A reference answer: digits with well-formed thousands separators, or plain digits; decimals.
 _NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
@@ -240,6 +243,13 @@ def source_rows(
         rows = _jsonl_rows(path) if path.suffix == ".jsonl" else _parquet_rows(path)
         return str(path), rows, info
     raise TptError(f"{path}: unknown file type ({_expected(split)})")
+
+
+def problems(split: str, options: Mapping[str, Any]) -> ProblemList:
+    """The task plug-in's problems: ``options`` holds ``source`` (default the hub's
+    openai/gsm8k) and ``on_bad_line``, as :func:`load_gsm8k` takes them."""
+    source = options.get("source", f"hf:{_HF_DEFAULT}")
+    return load_gsm8k(source, split, on_bad_line=options.get("on_bad_line", "fail"))
 
 
 def load_gsm8k(source: str | Path, split: str, *, on_bad_line: str = "fail") -> ProblemList:

@@ -1,11 +1,18 @@
-"""A user's own task: a Python file or module with two functions, loaded by `task.name: plugin`.
+"""A task plug-in: a Python file or module with two functions. Every task is one: the built-in
+ones are modules of this package (`task.name: arithmetic` loads `tpt_jax.tasks.arithmetic`,
+likewise gsm8k, code and math), a user's is named by `task.name: plugin`, `task.plugin`.
 
     def problems(split: str, options: dict) -> Iterable[dict]:
         # each row: "id", "question", "answer" (any JSON scalar), optional "solution"; other
-        # keys (a code problem's tests, say) are kept for verify
+        # keys (a code problem's tests, say) are kept for verify. Or a tasks.ProblemList of
+        # tasks.Problem, which also says which rows were skipped and what was read.
     def verify(text: str, problem: dict) -> bool:
         # or an object with `.correct` (and `.reason`), or {"correct": ..., "reason": ...}
     INSTRUCTION = "..."  # optional: the prompt's instruction when task.instruction is unset
+    PARALLEL_VERIFY = True  # optional: verify is thread-safe and slow (it waits on processes)
+    GRADING_MODES = (...)  # optional: verify(text, problem, mode) gets prune.grading or
+                           # eval.grading, which must be one of these; EVAL reports Pass@1
+                           # under each and the prior baseline (the answer tasks: answers.py)
 
 `task.plugin` is a path to a .py file (relative to the config file that names it) or a dotted
 module name on the Python path; `task.options` (a free mapping) is passed to `problems`. Every
@@ -16,6 +23,7 @@ sampling except the last, which shows only when PRUNE or EVAL first calls it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -30,20 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from tpt_jax.errors import TptError
-from tpt_jax.tasks.base import Problem, ProblemList
+from tpt_jax.tasks.base import Problem, ProblemList, Verdict
 
-__all__ = ["Plugin", "Verdict", "load_plugin"]
+__all__ = ["BUILT_IN", "Plugin", "Verdict", "load_plugin"]
 
-
-@dataclass(frozen=True)
-class Verdict:
-    correct: bool
-    reason: str  # correct, wrong, no_answer, timeout, ... (the plug-in's words)
-
-    @property
-    def unanswered(self) -> bool:
-        """No answer to grade (no number, no program): counted as an extraction failure."""
-        return self.reason in ("no_answer", "no_program")
+# task.name -> the package module that is that task's plug-in
+BUILT_IN = {name: f"tpt_jax.tasks.{name}" for name in ("arithmetic", "gsm8k", "code", "math")}
 
 
 @dataclass
@@ -53,7 +53,8 @@ class Plugin:
     sha256: str  # of that file: a changed verifier makes every stage after it stale
     module: Any
     extras: dict[str, dict[str, Any]] = field(default_factory=dict)  # rows by problem id
-    verdicts: dict[tuple[str, str], Verdict] = field(default_factory=dict)  # (text, id)
+    # (text, id, mode) -> verdict, kept for a PARALLEL_VERIFY plug-in (its verify is slow)
+    verdicts: dict[tuple[str, str, str | None], Verdict] = field(default_factory=dict)
     _background: ThreadPoolExecutor | None = field(default=None, repr=False)
     _pending: list[Future] = field(default_factory=list, repr=False)
 
@@ -62,24 +63,36 @@ class Plugin:
         text = getattr(self.module, "INSTRUCTION", None)
         return text if isinstance(text, str) and text.strip() else None
 
+    @property
+    def grading_modes(self) -> tuple[str, ...]:
+        """The grading modes verify takes (GRADING_MODES), or () when it takes none."""
+        return tuple(getattr(self.module, "GRADING_MODES", ()))
+
     def problems(self, split: str, options: Mapping[str, Any]) -> ProblemList:
         """The split's problems, checked row by row; the rows' extra keys are kept (`extras`)."""
         where = f"task.plugin: {self.path}: problems({split!r})"
         try:
-            rows = list(self.module.problems(split, dict(options)))
+            returned = self.module.problems(split, dict(options))
+            rows = list(returned)
+        except TptError:
+            raise  # already one line naming what is wrong (a built-in task's loader)
         except Exception as e:  # noqa: BLE001 - the user's code: any error is one line
             raise TptError(f"{where} raised {type(e).__name__}: {e}") from None
+        source = {"plugin": self.path, "sha256": self.sha256}
+        skipped: list[str] = []
+        if isinstance(returned, ProblemList):
+            source, skipped = returned.source, returned.skip_reasons
         problems, seen = [], set()
         for i, row in enumerate(rows):
-            problem = _problem(row, f"{where} row {i}")
+            problem = row if isinstance(row, Problem) else _problem(row, f"{where} row {i}")
             if problem.id in seen:
                 raise TptError(f"{where} row {i}: duplicate id {problem.id!r}")
             seen.add(problem.id)
             problems.append(problem)
         if not problems:
             raise TptError(f"{where} returned no problems")
-        self.extras.update({p.id: dict(r) for p, r in zip(problems, rows, strict=True)})
-        return ProblemList(problems, source={"plugin": self.path, "sha256": self.sha256})
+        self.extras.update({p.id: _row(p, r) for p, r in zip(problems, rows, strict=True)})
+        return ProblemList(problems, skipped, source)
 
     @property
     def parallel(self) -> bool:
@@ -90,36 +103,44 @@ class Plugin:
     def prefetch(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Start verifying freshly sampled records in the background (a parallel plug-in only),
         so that verification overlaps with generation; `verify_all` waits for it."""
-        if not self.parallel or not records:
-            return
+        if not self.parallel or self.grading_modes or not records:
+            return  # (a plug-in with modes does not know the stage's mode yet)
         if self._background is None:
             self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tpt-verify")
         pairs = [(r["text"], r["problem_id"]) for r in records]
         self._pending.append(self._background.submit(self._verify_now, pairs))
 
-    def verify_all(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
-        """The verdicts of (text, problem id) pairs, in order. Each distinct pair is verified
-        once per run (EVAL grades the same samples several times, and `prefetch` may have
-        verified them while they were sampled); a parallel plug-in runs on a thread per core."""
+    def verify_all(
+        self, pairs: Sequence[tuple[str, str]], mode: str | None = None
+    ) -> list[Verdict]:
+        """The verdicts of (text, problem id) pairs, in order; `mode` is the stage's grading
+        mode, passed on to a plug-in with GRADING_MODES. A parallel plug-in runs on a thread per
+        core and verifies each distinct pair once per run (EVAL grades the same samples several
+        times, and `prefetch` may have verified them while they were sampled)."""
         pending, self._pending = self._pending, []
         for future in pending:
             future.result()  # a verify that raised raises here
-        return self._verify_now(pairs)
+        return self._verify_now(pairs, mode if self.grading_modes else None)
 
-    def _verify_now(self, pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
-        todo = list(dict.fromkeys(p for p in pairs if p not in self.verdicts))
-        if self.parallel and len(todo) > 1:
-            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                done = list(pool.map(lambda pair: self.verify(*pair), todo))
-        else:
-            done = [self.verify(*pair) for pair in todo]
+    def _verify_now(
+        self, pairs: Sequence[tuple[str, str]], mode: str | None = None
+    ) -> list[Verdict]:
+        if not self.parallel:  # cheap and in process: nothing worth keeping
+            return [self.verify(text, pid, mode) for text, pid in pairs]
+        keys = [(text, pid, mode) for text, pid in pairs]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.verdicts))
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            done = list(pool.map(lambda key: self.verify(*key), todo))
         self.verdicts.update(zip(todo, done, strict=True))
-        return [self.verdicts[p] for p in pairs]
+        return [self.verdicts[k] for k in keys]
 
-    def verify(self, text: str, problem_id: str) -> Verdict:
+    def verify(self, text: str, problem_id: str, mode: str | None = None) -> Verdict:
         row = self.extras[problem_id]
         try:
-            got = self.module.verify(text, dict(row))
+            if mode is not None:
+                got = self.module.verify(text, dict(row), mode)
+            else:
+                got = self.module.verify(text, dict(row))
         except Exception as e:  # noqa: BLE001
             raise TptError(
                 f"task.plugin: {self.path}: verify raised {type(e).__name__}: {e} "
@@ -144,7 +165,10 @@ def load_plugin(spec: str) -> Plugin:
                 f"task.plugin: {spec}: cannot import ({type(e).__name__}: {e})"
             ) from None
         path = Path(inspect.getfile(module))
-    for function, arity in (("problems", 2), ("verify", 2)):
+    modes = getattr(module, "GRADING_MODES", ())
+    if not isinstance(modes, tuple | list) or not all(isinstance(m, str) for m in modes):
+        raise TptError(f"task.plugin: {path}: GRADING_MODES must be a tuple of names")
+    for function, arity in (("problems", 2), ("verify", 3 if modes else 2)):
         fn = getattr(module, function, None)
         if not callable(fn):
             raise TptError(f"task.plugin: {path}: defines no function {function}(...)")
@@ -153,7 +177,8 @@ def load_plugin(spec: str) -> Plugin:
         except TypeError:
             raise TptError(
                 f"task.plugin: {path}: {function} must take {arity} arguments "
-                f"({'split, options' if function == 'problems' else 'text, problem'})"
+                f"({'split, options' if function == 'problems' else 'text, problem'}"
+                f"{', mode' if arity == 3 else ''})"
             ) from None
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     return Plugin(spec, str(path), sha, module)
@@ -175,6 +200,11 @@ def _import_file(name: str, path: Path, spec: str) -> Any:
             f"task.plugin: {path}{at}: cannot import ({type(e).__name__}: {e})"
         ) from None
     return module
+
+
+def _row(problem: Problem, row: Any) -> dict[str, Any]:
+    """What verify gets for `problem`: the plug-in's row as it gave it."""
+    return dataclasses.asdict(problem) if isinstance(row, Problem) else dict(row)
 
 
 def _problem(row: Any, where: str) -> Problem:
@@ -199,6 +229,8 @@ def _problem(row: Any, where: str) -> Problem:
 
 
 def _verdict(got: Any, path: str) -> Verdict:
+    if isinstance(got, Verdict):
+        return got
     if isinstance(got, bool):
         return Verdict(got, "correct" if got else "wrong")
     if isinstance(got, Mapping) and isinstance(got.get("correct"), bool):
