@@ -110,6 +110,7 @@ def _info(args: argparse.Namespace) -> None:
     import json
 
     from tpt_jax.api import detect_format, load
+    from tpt_jax.hub import is_hub_id
     from tpt_jax.models.config import PRESETS
     from tpt_jax.models.transformer import param_count
 
@@ -117,7 +118,10 @@ def _info(args: argparse.Namespace) -> None:
         fmt, cfg = "preset", PRESETS[args.model]  # shapes only: nothing is allocated
     else:
         path = Path(args.model)
-        fmt = detect_format(path) if path.exists() else "shipped"
+        if path.exists():
+            fmt = detect_format(path)
+        else:
+            fmt = "hub" if is_hub_id(args.model) else "shipped"
         cfg = load(args.model).config
     print(json.dumps({"format": fmt, "params": param_count(cfg), **cfg.to_hf_config()}, indent=2))
 
@@ -125,15 +129,16 @@ def _info(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     """`tpt run`: the whole loop; `tpt think|prune|train|eval`: one stage of one round."""
     from tpt_jax import report
-    from tpt_jax.config import load_config
     from tpt_jax.errors import TptError
     from tpt_jax.round import Run
 
-    config = load_config(args.config, args.set or ())
-    run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
     if args.command != "run" and args.round < (1 if args.command != "eval" else 0):
         raise TptError(f"tpt {args.command}: --round must be >= 1 (round 0 only evaluates)")
-    run = Run(config, run_dir, force=args.force, reuse=tuple(getattr(args, "reuse", None) or ()))
+    run = Run(
+        args.config, args.run_dir, overrides=args.set or (), force=args.force,
+        reuse=getattr(args, "reuse", None) or (),
+    )  # fmt: skip
+    run_dir = run.dir
     manifests = []
     if args.command == "run":
         manifests = run.run()
@@ -148,14 +153,14 @@ def _run(args: argparse.Namespace) -> None:
 
     if not is_primary():  # process 0 reports for all
         return
-    rows = _report_rows(run_dir)
+    rows = run.report()
     print(report.table(rows))
-    for note in _notes(rows):
+    for note in report.notes(rows):
         print(note)
     chart = report.plot(
         rows, Path(run_dir) / "report.png", f"{Path(run_dir).name}: Pass@k per round"
     )
-    shown = f", chart {chart}" if chart else ""  # no chart without matplotlib
+    shown = f", chart {chart}" if chart else ", no chart: pip install 'tpt-jax[plot]'"
     print(f"run directory: {run_dir} (metrics.jsonl, tb/{shown})")
     if manifests and manifests[-1].get("stopped"):  # on_empty_round: stop ends a run cleanly
         done = ", ".join(str(r["round"]) for r in rows)
@@ -163,6 +168,36 @@ def _run(args: argparse.Namespace) -> None:
             f"run stopped: {manifests[-1]['reason']} (on_empty_round: stop); finished rounds: "
             f"{done}; set on_empty_round: carry to go on with the same model"
         )
+
+
+def _config(args: argparse.Namespace) -> None:
+    """`tpt config`: the resolved config (bases merged, defaults filled in) of a config file,
+    with --set applied, or of a run directory (the config it was started with)."""
+    import json
+
+    import yaml
+
+    from tpt_jax.config import from_dict, load_config, to_dict
+    from tpt_jax.errors import TptError
+
+    source = Path(args.source)
+    if source.is_dir():
+        if args.set:
+            raise TptError("tpt config: --set applies to a config file, not a run directory")
+        path = source / "config.json"
+        if not path.is_file():
+            raise TptError(f"{source}: not a run directory (no config.json)")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise TptError(f"{path}: unreadable ({e})") from None
+        config = from_dict(raw, str(path))
+    else:
+        config = load_config(source, args.set or ())
+    resolved = to_dict(config)
+    print(
+        json.dumps(resolved, indent=2) if args.json else yaml.safe_dump(resolved, sort_keys=False)
+    )
 
 
 def _plan(args: argparse.Namespace) -> None:
@@ -266,59 +301,37 @@ def _stage_line(stage) -> str:
     return f"{d['slots']} decode slots x {d['cache_length']} positions, {d['dtype']}"
 
 
-def _report_rows(run_dir: str | Path) -> list[dict]:
-    """`report.rounds`, plus `carried_from`: for a round whose PRUNE kept nothing under
-    `on_empty_round: carry`, the round whose model it evaluates again (else None)."""
-    import json
-
-    from tpt_jax import report
-
-    rows = report.rounds(run_dir)
-    carried = {}
-    for row in rows:
-        path = Path(run_dir) / f"round_{row['round']}" / "manifest.json"
-        if json.loads(path.read_text(encoding="utf-8")).get("train", {}).get("carried"):
-            carried[row["round"]] = carried.get(row["round"] - 1, row["round"] - 1)
-    for row in rows:
-        row["carried_from"] = carried.get(row["round"])
-    return rows
-
-
-def _notes(rows: list[dict]) -> list[str]:
-    return [
-        f"round {r['round']}: PRUNE kept no training examples, so this is round "
-        f"{r['carried_from']}'s model carried forward (on_empty_round: carry)"
-        for r in rows
-        if r.get("carried_from") is not None
-    ]
-
-
 def _report(args: argparse.Namespace) -> None:
     import json
 
     from tpt_jax import report
 
-    rows = _report_rows(args.run_dir)
+    rows = report.rounds(args.run_dir)
     answers = report.by_answer(args.run_dir) if args.by_answer else None
     if args.json:
         extra = {"by_answer": answers} if answers is not None else {}
         print(json.dumps({"rounds": rows, **extra}, indent=2))
         return
     print(report.table(rows))
-    for note in _notes(rows):
+    for note in report.notes(rows):
         print(note)
     if answers is not None:
         print(f"\nPass@1 by reference answer:\n{report.by_answer_table(answers, args.top)}")
     title = f"{Path(args.run_dir).name}: Pass@k per round"
     chart = report.plot(rows, args.png or Path(args.run_dir) / "report.png", title)
-    if chart:  # None without matplotlib
-        print(f"chart: {chart}")
+    print(f"chart: {chart}" if chart else "chart: none (matplotlib: pip install 'tpt-jax[plot]')")
+
+
+MODEL_HELP = (
+    "HF directory, .gguf file, tpt_jax checkpoint, shipped name, or Hugging Face Hub id "
+    "org/name[@revision]"
+)
 
 
 def _prompt_command(sub, name: str, help: str, fn) -> argparse.ArgumentParser:
     """A subcommand taking MODEL and a prompt (chat-templated unless --raw)."""
     p = sub.add_parser(name, help=help)
-    p.add_argument("model", help="HF directory, .gguf file, tpt_jax checkpoint, or shipped name")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("prompt")
     p.add_argument("--raw", action="store_true", help="no chat template")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -326,13 +339,37 @@ def _prompt_command(sub, name: str, help: str, fn) -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    """tpt_jax's version and the versions that decide numerics (read without importing JAX)."""
+    from importlib import metadata
+
+    from tpt_jax import __version__
+
+    parts = [f"tpt_jax {__version__}"]
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint"):
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{name} (not installed)")
+    return ", ".join(parts)
+
+
+class _PrintVersion(argparse.Action):
+    """--version as one unwrapped line (argparse's own action rewraps it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        print(_version())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tpt", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action=_PrintVersion, nargs=0, help="versions, then exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="convert between HF, GGUF (source only) and Orbax")
-    c.add_argument("src", help="HF directory, .gguf file, tpt_jax checkpoint, or shipped name")
+    c.add_argument("src", help=MODEL_HELP)
     c.add_argument("dst", help="output directory")
     c.add_argument("--to", choices=["hf", "orbax"], default="hf")
     c.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -375,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "run":
             r.add_argument("--round", type=int, required=True)
         r.set_defaults(fn=_run)
+
+    cf = sub.add_parser("config", help="the resolved config of a config file or run directory")
+    cf.add_argument("source", help="run config YAML, or a run directory")
+    cf.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
+    cf.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    cf.set_defaults(fn=_config)
 
     rep = sub.add_parser("report", help="table, JSON and chart of a run's rounds")
     rep.add_argument("run_dir")

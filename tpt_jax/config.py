@@ -49,7 +49,9 @@ REMOVED = {"think.batch_size": _ENGINE, "eval.batch_size": _ENGINE}  # key: what
 @dataclass(frozen=True)
 class ModelSpec:
     # A shipped name (smollm2, gemma3-270m), a HF directory, a .gguf file, a tpt_jax checkpoint,
-    # or `preset:NAME` for a randomly initialised preset (tests and smoke runs).
+    # a Hugging Face Hub id `org/name` (pinned: `org/name@REVISION`, a branch, tag or commit;
+    # from the HF cache, else downloaded unless HF_HUB_OFFLINE=1; a local path of the same
+    # spelling wins), or `preset:NAME` for a randomly initialised preset (tests and smoke runs).
     path: str = "smollm2"
     dtype: str = "float32"  # master weights; train.compute_dtype is the matmul dtype
     mesh: tuple[int, ...] | None = None  # (data, fsdp, tensor); None: all devices on fsdp
@@ -285,6 +287,11 @@ class RunConfig:
     # PRUNE kept nothing: stop (the run ends, exit code 0, with the reason) or carry (the next
     # round uses the same model; its eval equals the previous round's)
     on_empty_round: str = "stop"
+    # Where numbers go besides metrics.jsonl: tensorboard (RUN_DIR/tb, needs tensorboardX)
+    # and/or wandb (Weights & Biases: its usual WANDB_* variables apply, WANDB_MODE=offline
+    # included). Neither changes a result, so a resumed run may change them.
+    report_to: tuple[str, ...] = ("tensorboard",)
+    wandb_project: str | None = None  # None: WANDB_PROJECT, else "tpt_jax"
     model: ModelSpec = field(default_factory=ModelSpec)
     task: TaskConfig = field(default_factory=TaskConfig)
     think: ThinkConfig = field(default_factory=ThinkConfig)
@@ -297,6 +304,8 @@ class RunConfig:
         _at_least("rounds", self.rounds, 0)
         _choice("export", self.export, ("none", "best", "final"))
         _choice("on_empty_round", self.on_empty_round, ("stop", "carry"))
+        for tracker in self.report_to:
+            _choice("report_to", tracker, ("tensorboard", "wandb"))
         sections = (self.model, self.task, self.think, self.prune, self.train, self.eval)
         for section in (*sections, self.engine):
             section.check()

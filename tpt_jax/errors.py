@@ -11,3 +11,16 @@ class UnsupportedModelError(TptError):
 
 class CheckpointError(TptError):
     """A weights file or directory is missing, truncated, corrupt or inconsistent."""
+
+
+def require(module: str, extra: str, what: str):  # noqa: ANN201 - returns the module
+    """Import an optional dependency, or stop with one line naming the extra that has it:
+    `require("gguf", "gguf", "reading a .gguf file")`."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise TptError(
+            f"{what} needs the {module.split('.')[0]} package: pip install 'tpt-jax[{extra}]'"
+        ) from None

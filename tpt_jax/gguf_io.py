@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tpt_jax.errors import CheckpointError, UnsupportedModelError
+from tpt_jax.errors import CheckpointError, UnsupportedModelError, require
 from tpt_jax.tokenizer import (
     Tokenizer,
     add_vocab_tokens,
@@ -161,7 +161,7 @@ def find_gemma3_270m_gguf() -> Path:
 
 
 def _open(path: Path) -> Any:
-    import gguf
+    gguf = require("gguf", "gguf", f"{path}: reading a .gguf file")
 
     class _Reader(gguf.GGUFReader):
         # The reader slices its np.memmap once per metadata value, and memmap's Python-level

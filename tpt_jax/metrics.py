@@ -1,6 +1,7 @@
 """Where numbers go: a JSONL metrics file, TensorBoard events, and progress lines on stderr.
 
-Pure Python (layer 0); TensorBoard is written through `tensorboardX` when it is installed.
+Pure Python (layer 0); TensorBoard is written through `tensorboardX` when it is installed, and
+Weights & Biases through `wandb` when a run asks for it (`report_to: [wandb]`).
 """
 
 from __future__ import annotations
@@ -15,21 +16,35 @@ from typing import Any, TextIO
 
 
 class MetricsWriter:
-    """Appends one JSON object per record to `path` and mirrors scalars to TensorBoard.
+    """Appends one JSON object per record to `path` and mirrors scalars to TensorBoard and, with
+    `wandb` (keyword arguments for `wandb.init`), to Weights & Biases.
 
     Each record carries a `tag` ("eval", "train", …) and a `step`; numeric fields become
-    TensorBoard scalars named `tag/field`. `enabled=False` (every process of a multi-process
-    run but the first, which writes for all) drops every record.
+    scalars named `tag/field`. In W&B each tag has its own x axis, `tag/step` (a round for
+    eval, an optimizer step for train), since one global step cannot order both. `enabled=False`
+    (every process of a multi-process run but the first, which writes for all) drops every
+    record.
     """
 
     def __init__(
-        self, path: str | Path, tensorboard_dir: str | Path | None = None, *, enabled: bool = True
+        self,
+        path: str | Path,
+        tensorboard_dir: str | Path | None = None,
+        *,
+        enabled: bool = True,
+        wandb: dict[str, Any] | None = None,
     ):
         self.path = Path(path)
         self.enabled = enabled
         self._tb = None
+        self._wandb: Any = None
+        self._wandb_tags: set[str] = set()
         if not enabled:
             return
+        if wandb is not None:
+            import wandb as wandb_lib  # Run checks it is installed before any work
+
+            self._wandb = wandb_lib.init(**wandb)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if tensorboard_dir is not None:
             try:
@@ -45,15 +60,30 @@ class MetricsWriter:
         record = {"tag": tag, "step": step, "time": round(time.time(), 3), **fields}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=_plain) + "\n")
+        scalars = {
+            f"{tag}/{key}": value
+            for key, value in fields.items()
+            if isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        }
         if self._tb is not None:
-            for key, value in fields.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    if math.isfinite(value):
-                        self._tb.add_scalar(f"{tag}/{key}", value, step)
+            for name, value in scalars.items():
+                self._tb.add_scalar(name, value, step)
+        if self._wandb is not None and scalars:
+            if tag not in self._wandb_tags:
+                self._wandb.define_metric(f"{tag}/step")
+                self._wandb.define_metric(f"{tag}/*", step_metric=f"{tag}/step")
+                self._wandb_tags.add(tag)
+            self._wandb.log({f"{tag}/step": step, **scalars})
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
 
 
 def _plain(value: Any) -> Any:

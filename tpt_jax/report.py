@@ -59,10 +59,28 @@ def _finished(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def rounds(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The report rows of every finished round (those with a manifest), in round order."""
+    """The report rows of every finished round (those with a manifest), in round order. A row's
+    `carried_from` is, for a round whose PRUNE kept nothing under `on_empty_round: carry`, the
+    round whose model it evaluates again (else None)."""
     finished = _finished(run_dir)
     base = finished[0]["eval"] if finished and finished[0]["round"] == 0 else None
-    return [_row(m, base) for m in finished]
+    rows = [_row(m, base) for m in finished]
+    carried: dict[int, int] = {}
+    for manifest, row in zip(finished, rows, strict=True):
+        if manifest.get("train", {}).get("carried"):
+            carried[row["round"]] = carried.get(row["round"] - 1, row["round"] - 1)
+        row["carried_from"] = carried.get(row["round"])
+    return rows
+
+
+def notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What a reader of the table must know: the rounds that carried a model forward."""
+    return [
+        f"round {r['round']}: PRUNE kept no training examples, so this is round "
+        f"{r['carried_from']}'s model carried forward (on_empty_round: carry)"
+        for r in rows
+        if r.get("carried_from") is not None
+    ]
 
 
 def _row(manifest: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:

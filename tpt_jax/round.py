@@ -37,12 +37,14 @@ import datetime
 import fcntl
 import functools
 import hashlib
+import importlib.util
 import json
 import math
 import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -51,11 +53,11 @@ import jax
 
 from tpt_jax import checkpoint, faults, plan
 from tpt_jax.api import ModelHandle, load, reshard
-from tpt_jax.config import RunConfig, config_hash, from_dict, to_dict
+from tpt_jax.config import RunConfig, config_hash, from_dict, load_config, to_dict
 from tpt_jax.data import encode_example
 from tpt_jax.distributed import barrier, is_primary
 from tpt_jax.engine import EngineOptions, SamplingParams
-from tpt_jax.errors import TptError
+from tpt_jax.errors import TptError, require
 from tpt_jax.evaluate import evaluate
 from tpt_jax.metrics import MetricsWriter, Progress
 from tpt_jax.models.config import preset
@@ -98,16 +100,39 @@ def read_json(path: Path) -> Any:
 
 
 class Run:
-    """One run directory and the config that owns it."""
+    """One TPT run: a run directory and the config that owns it (what `tpt run` drives).
+
+    `config` is a YAML path (with `overrides`, `--set`'s `key=value` strings), a mapping of the
+    same keys, or a `RunConfig`; `run_dir` defaults to `runs/<config file's stem>`. `force`
+    accepts a changed config or data (the stages the change reaches are discarded); `reuse`
+    names other run directories whose finished stages with equal inputs are copied.
+
+        run = tpt_jax.Run("configs/demo.yaml", "runs/demo")
+        run.run()                      # base EVAL, then every round (resumes where it stopped)
+        run.report()                   # one row per finished round (Pass@1, CI, change, ...)
+        run.model(1).generate([...])   # round 1's model, ready to sample
+    """
 
     def __init__(
         self,
-        config: RunConfig,
-        run_dir: str | Path,
+        config: RunConfig | str | Path | Mapping[str, Any],
+        run_dir: str | Path | None = None,
         *,
+        overrides: Sequence[str] = (),
         force: bool = False,
-        reuse: tuple[str | Path, ...] = (),
+        reuse: Sequence[str | Path] = (),
     ):
+        if isinstance(config, str | Path):
+            run_dir = run_dir if run_dir is not None else Path("runs") / Path(config).stem
+            config = load_config(config, overrides)
+        elif overrides:
+            raise TptError("Run: overrides apply to a config file; edit the mapping instead")
+        elif isinstance(config, Mapping):
+            config = from_dict(dict(config), "Run(config=...)")
+        if not isinstance(config, RunConfig):
+            raise TptError(f"Run: config must be a path, a mapping or a RunConfig, not {config!r}")
+        if run_dir is None:
+            raise TptError("Run: give run_dir (only a config file gives a default)")
         self.config = config
         _check_mesh(config.model.mesh)
         _check_mesh(config.engine.mesh, "engine.mesh")
@@ -135,6 +160,13 @@ class Run:
         # and checked before any work.
         task = config.task
         self.plugin = load_plugin(BUILT_IN.get(task.name) or task.plugin or "")
+        if "wandb" in config.report_to:  # installed? (before any work, not at the first number)
+            require("wandb", "wandb", "report_to: wandb")
+        if "tensorboard" in config.report_to and importlib.util.find_spec("tensorboardX") is None:
+            _say(  # the default tracker: a note, not an error (metrics.jsonl has every number)
+                "note: no TensorBoard events (tensorboardX is not installed: pip install "
+                "'tpt-jax[tb]'); metrics.jsonl has every number"
+            )
         modes = self.plugin.grading_modes
         for key, mode in (
             ("prune.grading", config.prune.grading),
@@ -147,13 +179,29 @@ class Run:
 
     @functools.cached_property
     def metrics(self) -> MetricsWriter:  # opened on first use: a run that fails checks has none
-        return MetricsWriter(self.dir / "metrics.jsonl", self.dir / "tb", enabled=is_primary())
+        trackers = self.config.report_to
+        tb = self.dir / "tb" if "tensorboard" in trackers else None
+        wandb = None
+        if "wandb" in trackers:  # one W&B run per run directory, resumed with it
+            id_file = self.dir / "wandb_id"
+            if not id_file.exists() and is_primary():
+                id_file.write_text(f"{self.dir.resolve().name}-{os.urandom(4).hex()}\n")
+            wandb = {
+                "project": self.config.wandb_project or os.environ.get("WANDB_PROJECT", "tpt_jax"),
+                "name": self.dir.resolve().name,
+                "id": id_file.read_text().strip() if id_file.exists() else None,
+                "resume": "allow",
+                "dir": str(self.dir),
+                "config": to_dict(self.config),
+            }
+        return MetricsWriter(self.dir / "metrics.jsonl", tb, enabled=is_primary(), wandb=wandb)
 
     # --- the whole run ---------------------------------------------------------------------
 
     def run(self) -> list[dict[str, Any]]:
-        """Base evaluation and every round; returns the round manifests (a round that stopped
-        the run, `on_empty_round: stop`, is last, with `stopped: true` and no eval)."""
+        """Checks (`preflight`), the base evaluation and every round, then the export; returns
+        the round manifests (a round that stopped the run, `on_empty_round: stop`, is last,
+        with `stopped: true` and no eval). Finished stages are not redone."""
         self.preflight()
         manifests = [self.round(0)]
         for r in range(1, self.config.rounds + 1):
@@ -162,9 +210,24 @@ class Run:
             if manifest.get("stopped"):
                 break
         self.export(manifests)
+        if "metrics" in self.__dict__:  # opened: flush TensorBoard, finish the W&B run
+            self.metrics.close()
+            del self.metrics
         return manifests
 
+    def report(self) -> list[dict[str, Any]]:
+        """One row per finished round, as `tpt report --json` prints them (`report.rounds`)."""
+        from tpt_jax import report
+
+        return report.rounds(self.dir)
+
+    def model(self, r: int) -> ModelHandle:
+        """Round r's model (r = 0: the base model) as a handle ready to sample (`generate`,
+        `logits`), in the sampling dtype and layout; its round must have finished TRAIN."""
+        return self.model_for(r, sampling=True)
+
     def round(self, r: int) -> dict[str, Any]:
+        """Round r's stages (r = 0: the base EVAL only) that are not done yet; its manifest."""
         path = self.round_dir(r) / "manifest.json"
         if path.exists():
             return read_json(path)
@@ -285,7 +348,11 @@ class Run:
     # --- stages ------------------------------------------------------------------------------
 
     def stage(self, stage: str, r: int) -> dict[str, Any]:
-        """Run one stage of round r unless it is done; its DONE.json content."""
+        """Run one stage of round r (think, prune, train or eval; round 0 has only eval) unless
+        it is done; its DONE.json content. The stages before it must be done (`tpt think|...`
+        calls `preflight(model=False, stage=...)` first)."""
+        if stage not in STAGES or (r == 0 and stage != "eval") or r < 0:
+            raise TptError(f"no stage {stage!r} in round {r} (round 0: eval; then {STAGES})")
         out = self.round_dir(r) / stage
         done = out / "DONE.json"
         finished = done.exists()
@@ -656,6 +723,8 @@ class Run:
                 theirs = to_dict(from_dict(read_json(path), str(path)))
             except TptError:
                 theirs = read_json(path)
+            for key in ("report_to", "wandb_project"):  # where numbers go changes no result
+                theirs[key] = mine[key]
             fresh = not any(self.dir.glob("round_*"))  # nothing made with the old config yet
             if theirs != mine and fresh:
                 if is_primary():
