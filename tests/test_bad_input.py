@@ -242,7 +242,9 @@ def test_bad_model_directories(tmp_path):
 
     (model / "config.json").write_text(json.dumps({**hf_config, "model_type": "mixtral"}))
     proc = tpt("run", cfg, "--run-dir", tmp_path / "run")
-    one_line_error(proc, f"model.path: {model}: model_type 'mixtral' is not supported")
+    one_line_error(
+        proc, f"model.path: {model / 'config.json'}: model_type 'mixtral' is not supported"
+    )
 
 
 def test_chat_prompt_needs_a_chat_template(tmp_path):

@@ -1,13 +1,15 @@
 """Hugging Face checkpoint directories in and out, tensor by tensor, straight onto the mesh.
 
 Loading builds the abstract model, then fills each parameter with
-`jax.make_array_from_callback`: every device shard is sliced from a memory-mapped safetensors
-view and cast on its own, so no host ever holds a whole checkpoint (or a whole tensor in
-float32 when it is sharded). Export writes what `transformers` and its tokenizer load as they are.
+`jax.make_array_from_callback`: every device shard reads only its own block of the safetensors
+file (`safe_open(...).get_slice`) and is cast on its own, so no host ever holds a whole
+checkpoint (or a whole sharded tensor). Export writes what `transformers` and its tokenizer load
+as they are.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -20,26 +22,35 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from tpt_jax.distributed import is_primary, to_host
-from tpt_jax.errors import CheckpointError
+from tpt_jax.errors import CheckpointError, TptError
 from tpt_jax.models import hf_names
 from tpt_jax.models.config import ModelConfig
 from tpt_jax.models.transformer import Transformer, abstract_model
 from tpt_jax.safetensors_io import SafetensorsDir, write_safetensors
 from tpt_jax.sharding import SAMPLE_RULES, Rules, make_mesh, state_shardings
 
-TensorSource = Callable[[str], np.ndarray]  # HF key -> HF-layout array (may be a memmap)
+# HF key -> HF-layout tensor: an array, or a lazy `TensorSlice` that reads the block indexed
+TensorSource = Callable[[str], Any]
 
 
 def read_hf_config(directory: str | Path) -> ModelConfig:
+    """The architecture in `directory/config.json`: any fault in that file (unreadable, not JSON,
+    a key of the wrong type or value) is a one-line error naming the file and the key."""
     path = Path(directory) / "config.json"
     try:
-        return ModelConfig.from_hf_config(json.loads(path.read_text()))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not found (is {directory} a HF model directory?)") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from None
-    except KeyError as e:
-        raise CheckpointError(f"{path}: missing key {e}") from None
+    try:
+        return ModelConfig.from_hf_config(raw)
+    except TptError as e:  # the message names the key; the file is named here
+        raise type(e)(f"{path}: {e}") from None
 
 
 def build_model(
@@ -88,11 +99,33 @@ def _place(
             f"{where(row.hf_key)}: tensor {row.hf_key!r} has shape {tuple(hf_array.shape)}, "
             f"the config implies {hf_names.hf_shape(row, shape)}"
         )
-    view = hf_names.to_ours(row, hf_array)
     target = np.dtype(dtype)
     return jax.make_array_from_callback(
-        shape, sharding, lambda index: np.asarray(view[index]).astype(target, copy=False)
+        shape,
+        sharding,
+        lambda index: _read_block(row, hf_array, index, shape).astype(target, copy=False),
     )
+
+
+def _read_block(
+    row: hf_names.Row, hf_array: Any, index: tuple[slice, ...], shape: tuple[int, ...]
+) -> np.ndarray:
+    """Our-layout block `index` of the tensor, indexing `hf_array` (HF layout) only for the rows
+    and columns that block covers, so a lazy `TensorSlice` reads no more from disk than that."""
+    if row.layout == "same":
+        return np.asarray(hf_array[index])
+    if row.layout == "linear":  # ours [in, out] is HF [out, in] transposed
+        return np.asarray(hf_array[index[1], index[0]]).T
+    # heads_in: ours [D, N, H] from HF [N*H, D]; heads_out: ours [N, H, D] from HF [D, N*H].
+    # Read the whole heads the block touches along N*H, then take its part of H.
+    heads_in = row.layout == "heads_in"
+    d, n, h = index if heads_in else (index[2], index[0], index[1])
+    head_dim = shape[2] if heads_in else shape[1]
+    first, last, _ = n.indices(row.heads)
+    heads = slice(first * head_dim, last * head_dim)
+    block = np.asarray(hf_array[heads, d] if heads_in else hf_array[d, heads])
+    ours = hf_names.to_ours(dataclasses.replace(row, heads=last - first), block)
+    return ours[:, :, h] if heads_in else ours[:, h, :]
 
 
 def load_hf_dir(
@@ -107,12 +140,12 @@ def load_hf_dir(
     tensors = SafetensorsDir(directory)
     return build_model(
         cfg,
-        tensors.get,
+        tensors.get_slice,
         set(tensors.keys()),
         dtype=dtype,
         mesh=mesh,
         rules=rules,
-        where=lambda k: str(tensors.file_of(k)) if k in tensors.keys() else str(directory),
+        where=lambda k: str(tensors.file_of(k) if k in tensors else tensors.listing),
     )
 
 

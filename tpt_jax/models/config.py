@@ -7,10 +7,12 @@ LLaMA 3.x / SmolLM2, Gemma 2 and Gemma 3 differ only in flags read by one `Block
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from tpt_jax.errors import UnsupportedModelError
+from tpt_jax.errors import CheckpointError, UnsupportedModelError
 
 Family = Literal["llama", "gemma2", "gemma3"]
 LayerType = Literal["full_attention", "sliding_attention"]
@@ -45,23 +47,28 @@ class RopeScaling:
         }
 
     @staticmethod
-    def from_hf(d: dict[str, Any] | None) -> RopeScaling | None:
+    def from_hf(d: dict[str, Any] | None, key: str = "rope_scaling") -> RopeScaling | None:
+        """Parse HF's `rope_scaling` (or a `rope_parameters` entry, named by `key` in errors)."""
         if not d:
             return None
-        kind = d.get("rope_type", d.get("type", "default"))
+        keys = _Keys(d, key)
+        kind_key = "rope_type" if "rope_type" in d else "type"
+        kind = keys.text(kind_key, "default")
         if kind == "default":
             return None
         if kind == "linear":
-            return RopeScaling("linear", float(d["factor"]))
+            return RopeScaling("linear", float(keys.number("factor")))
         if kind == "llama3":
             return RopeScaling(
                 "llama3",
-                float(d["factor"]),
-                float(d["low_freq_factor"]),
-                float(d["high_freq_factor"]),
-                int(d["original_max_position_embeddings"]),
+                float(keys.number("factor")),
+                float(keys.number("low_freq_factor")),
+                float(keys.number("high_freq_factor")),
+                keys.size("original_max_position_embeddings"),
             )
-        raise UnsupportedModelError(f"unsupported rope_scaling type {kind!r}")
+        raise UnsupportedModelError(
+            f"{keys.name(kind_key)}: unsupported {kind!r} (supported: default, linear, llama3)"
+        )
 
 
 @dataclass(frozen=True)
@@ -162,13 +169,19 @@ class ModelConfig:
 
     @staticmethod
     def from_hf_config(d: dict[str, Any]) -> ModelConfig:
-        """Parse a Hugging Face `config.json` dict (transformers 4.x or 5.x layout)."""
+        """Parse a Hugging Face `config.json` dict (transformers 4.x or 5.x layout).
+
+        A key of the wrong JSON type or out of range (a string for a size, zero heads, heads
+        that do not divide, junk `rope_scaling`) is a `TptError` naming the key.
+        """
+        keys = _Keys(d)
         model_type = d.get("model_type")
         if model_type == "gemma3":  # multimodal wrapper: the decoder lives in text_config
-            d = {**d.get("text_config", {}), "model_type": "gemma3_text"}
-            model_type = "gemma3_text"
+            text = keys.object("text_config")
+            keys = _Keys({**(text.d if text else {}), "model_type": "gemma3_text"}, "text_config")
+            d, model_type = keys.d, "gemma3_text"
         by_type = {v: k for k, v in HF_MODEL_TYPE.items()}
-        if model_type not in by_type:
+        if not isinstance(model_type, str) or model_type not in by_type:
             raise UnsupportedModelError(
                 f"model_type {model_type!r} is not supported "
                 f"(supported: {', '.join(sorted(by_type))})"
@@ -176,33 +189,45 @@ class ModelConfig:
         family: Family = by_type[model_type]  # type: ignore[assignment]
         if d.get("attention_bias") or d.get("mlp_bias"):
             raise UnsupportedModelError("attention or MLP biases are not supported")
-        heads = int(d["num_attention_heads"])
-        theta, scaling, local_theta = _hf_rope(d, family)
+        heads = keys.size("num_attention_heads")
+        kv_heads = keys.size("num_key_value_heads", heads)
+        if heads % kv_heads:
+            raise CheckpointError(
+                f"{keys.name('num_key_value_heads')} ({kv_heads}) does not divide "
+                f"{keys.name('num_attention_heads')} ({heads})"
+            )
+        hidden = keys.size("hidden_size")
+        theta, scaling, local_theta = _hf_rope(keys, family)
         common = dict(
             family=family,
-            vocab_size=int(d["vocab_size"]),
-            hidden_size=int(d["hidden_size"]),
-            intermediate_size=int(d["intermediate_size"]),
-            num_layers=int(d["num_hidden_layers"]),
+            vocab_size=keys.size("vocab_size"),
+            hidden_size=hidden,
+            intermediate_size=keys.size("intermediate_size"),
+            num_layers=keys.size("num_hidden_layers"),
             num_heads=heads,
-            num_kv_heads=int(d.get("num_key_value_heads") or heads),
-            head_dim=int(d.get("head_dim") or d["hidden_size"] // heads),
+            num_kv_heads=kv_heads,
+            head_dim=keys.size("head_dim", max(hidden // heads, 1)),
             rope_theta=theta,
             rope_scaling=scaling,
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6 if family != "llama" else 1e-5)),
-            tie_embeddings=bool(d.get("tie_word_embeddings", family != "llama")),
-            max_position_embeddings=int(d.get("max_position_embeddings", 8192)),
-            bos_token_id=d.get("bos_token_id"),
-            eos_token_ids=_as_tuple(d.get("eos_token_id")),
-            pad_token_id=d.get("pad_token_id"),
+            rms_norm_eps=float(keys.number("rms_norm_eps", 1e-6 if family != "llama" else 1e-5)),
+            tie_embeddings=keys.flag("tie_word_embeddings", family != "llama"),
+            max_position_embeddings=keys.size("max_position_embeddings", 8192),
+            bos_token_id=keys.token("bos_token_id"),
+            eos_token_ids=_as_tuple(keys.token("eos_token_id", many=True)),
+            pad_token_id=keys.token("pad_token_id"),
         )
         if family == "llama":
-            act = d.get("hidden_act", "silu")
+            act = keys.text("hidden_act", "silu")
             if act != "silu":
                 raise UnsupportedModelError(f"llama hidden_act {act!r} is not supported")
             return ModelConfig(**common)
         n_layers = common["num_layers"]
-        layer_types = d.get("layer_types") or _default_layer_types(family, n_layers, d)
+        layer_types = keys.layer_types(n_layers) or _default_layer_types(family, n_layers, keys)
+        sliding_window = keys.size("sliding_window", None)
+        if "sliding_attention" in layer_types and sliding_window is None:
+            raise CheckpointError(
+                f"{keys.name('sliding_window')}: missing, but there are sliding_attention layers"
+            )
         return ModelConfig(
             **common,
             rope_local_theta=local_theta,
@@ -210,13 +235,109 @@ class ModelConfig:
             scale_embeddings=True,
             post_norms=True,
             activation="gelu_tanh",
-            query_pre_attn_scalar=d.get("query_pre_attn_scalar"),
-            attn_logit_softcap=d.get("attn_logit_softcapping"),
-            final_logit_softcap=d.get("final_logit_softcapping"),
-            sliding_window=d.get("sliding_window"),
+            query_pre_attn_scalar=keys.number("query_pre_attn_scalar", None),
+            attn_logit_softcap=keys.number("attn_logit_softcapping", None),
+            final_logit_softcap=keys.number("final_logit_softcapping", None),
+            sliding_window=sliding_window,
             layer_types=tuple(layer_types),
             qk_norm=family == "gemma3",
         )
+
+
+_REQUIRED: Any = object()  # default of a key that must be present
+
+
+def _show(value: Any) -> str:
+    """A value for a one-line message: its repr, shortened."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_size(v: Any) -> bool:
+    """A positive integer; an integral float (2048.0) counts, a bool or a string does not."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return False
+    return v > 0 and float(v).is_integer()
+
+
+def _is_positive(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v) and v > 0
+
+
+def _is_token(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_tokens(v: Any) -> bool:
+    """One token id, or a list of them (HF writes several stop tokens as a list)."""
+    return _is_token(v) or (isinstance(v, list) and all(map(_is_token, v)))
+
+
+class _Keys:
+    """Typed reads from one JSON object of a `config.json`. A value of the wrong type or range is
+    a one-line `CheckpointError` naming its key (`rope_scaling.factor`), where `int("big")` or a
+    zero division further on would be a traceback. A null value counts as an absent key."""
+
+    def __init__(self, d: Any, where: str = "") -> None:
+        if not isinstance(d, dict):
+            at = f"{where}: expected" if where else "expected"
+            raise CheckpointError(
+                f"{at} a JSON object{'' if where else ' at the top level'}, got {_show(d)}"
+            )
+        self.d, self.where = d, where
+
+    def name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def _get(self, key: str, default: Any, valid: Any, expected: str) -> Any:
+        value = self.d.get(key)
+        if value is None:
+            if default is _REQUIRED:
+                raise CheckpointError(f"missing key {self.name(key)!r}")
+            return default
+        if not valid(value):
+            raise CheckpointError(f"{self.name(key)}: expected {expected}, got {_show(value)}")
+        return value
+
+    def size(self, key: str, default: Any = _REQUIRED) -> Any:
+        """A positive integer (or `default`, which may be None, when the key is absent)."""
+        value = self._get(key, default, _is_size, "a positive integer")
+        return None if value is None else int(value)
+
+    def number(self, key: str, default: Any = _REQUIRED) -> Any:
+        """A positive finite number, as written (int or float)."""
+        return self._get(key, default, _is_positive, "a positive number")
+
+    def flag(self, key: str, default: bool) -> bool:
+        return self._get(key, default, lambda v: isinstance(v, bool), "true or false")
+
+    def text(self, key: str, default: Any = _REQUIRED) -> Any:
+        return self._get(key, default, lambda v: isinstance(v, str), "a string")
+
+    def token(self, key: str, *, many: bool = False) -> Any:
+        """A token id (or, with `many`, a list of them), None when absent."""
+        if many:
+            return self._get(key, None, _is_tokens, "a token id or a list of them")
+        return self._get(key, None, _is_token, "a token id")
+
+    def object(self, key: str) -> _Keys | None:
+        value = self.d.get(key)
+        return None if value is None else _Keys(value, self.name(key))
+
+    def layer_types(self, n_layers: int) -> list[LayerType] | None:
+        """`layer_types`: one known attention kind per layer, or None when absent."""
+        known = get_args(LayerType)
+        value = self._get(
+            "layer_types",
+            None,
+            lambda v: isinstance(v, list) and all(t in known for t in v),
+            f"a list of {' / '.join(known)}",
+        )
+        if value and len(value) != n_layers:
+            raise CheckpointError(
+                f"{self.name('layer_types')}: {len(value)} entries for {n_layers} layers"
+            )
+        return value or None
 
 
 def _one_or_list(ids: tuple[int, ...]) -> int | list[int] | None:
@@ -231,32 +352,39 @@ def _as_tuple(x: int | list[int] | None) -> tuple[int, ...]:
     return (int(x),) if isinstance(x, int) else tuple(int(i) for i in x)
 
 
-def _default_layer_types(family: Family, n: int, d: dict[str, Any]) -> list[LayerType]:
+def _default_layer_types(family: Family, n: int, keys: _Keys | None = None) -> list[LayerType]:
     # Gemma 2 alternates starting with a sliding layer; Gemma 3 puts one global layer per pattern.
-    period = 2 if family == "gemma2" else int(d.get("sliding_window_pattern", 6))
+    pattern = keys.size("sliding_window_pattern", 6) if keys else 6
+    period = 2 if family == "gemma2" else pattern
     return [
         "sliding_attention" if (i + 1) % period else "full_attention"  # type: ignore[misc]
         for i in range(n)
     ]
 
 
-def _hf_rope(d: dict[str, Any], family: Family) -> tuple[float, RopeScaling | None, float | None]:
+def _hf_rope(keys: _Keys, family: Family) -> tuple[float, RopeScaling | None, float | None]:
     """(global theta, global scaling, local theta) from either HF rope layout."""
-    params = d.get("rope_parameters")
-    if params and family == "gemma3" and "full_attention" in params:
-        full, local = params["full_attention"], params.get("sliding_attention", {})
+    params = keys.object("rope_parameters")
+    if params and family == "gemma3" and "full_attention" in params.d:
+        full = params.object("full_attention") or _Keys({}, params.name("full_attention"))
+        local = params.object("sliding_attention") or _Keys({}, params.name("sliding_attention"))
         return (
-            float(full.get("rope_theta", 1e6)),
-            RopeScaling.from_hf(full),
-            float(local.get("rope_theta", 1e4)),
+            float(full.number("rope_theta", 1e6)),
+            RopeScaling.from_hf(full.d, full.where),
+            float(local.number("rope_theta", 1e4)),
         )
-    if params and "rope_theta" in params:
-        local = d.get("rope_local_base_freq", 1e4) if family == "gemma3" else None
-        return float(params["rope_theta"]), RopeScaling.from_hf(params), local
+    if params and "rope_theta" in params.d:
+        local = keys.number("rope_local_base_freq", 1e4) if family == "gemma3" else None
+        return (
+            float(params.number("rope_theta")),
+            RopeScaling.from_hf(params.d, params.where),
+            local,
+        )
     default_theta = 1e6 if family == "gemma3" else 10_000.0
-    theta = float(d.get("rope_theta", default_theta))
-    local = float(d.get("rope_local_base_freq", 1e4)) if family == "gemma3" else None
-    return theta, RopeScaling.from_hf(d.get("rope_scaling")), local
+    theta = float(keys.number("rope_theta", default_theta))
+    local = float(keys.number("rope_local_base_freq", 1e4)) if family == "gemma3" else None
+    scaling = keys.object("rope_scaling")
+    return theta, RopeScaling.from_hf(scaling.d, scaling.where) if scaling else None, local
 
 
 # --- presets ------------------------------------------------------------------------------------
@@ -307,7 +435,7 @@ def _gemma2(n_layers: int, **kw: Any) -> ModelConfig:
         attn_logit_softcap=50.0,
         final_logit_softcap=30.0,
         sliding_window=4096,
-        layer_types=tuple(_default_layer_types("gemma2", n_layers, {})),
+        layer_types=tuple(_default_layer_types("gemma2", n_layers)),
         bos_token_id=2,
         eos_token_ids=(1, 107),
         pad_token_id=0,
@@ -331,7 +459,7 @@ def _gemma3(n_layers: int, **kw: Any) -> ModelConfig:
         post_norms=True,
         activation="gelu_tanh",
         sliding_window=1024,
-        layer_types=tuple(_default_layer_types("gemma3", n_layers, {})),
+        layer_types=tuple(_default_layer_types("gemma3", n_layers)),
         qk_norm=True,
         head_dim=256,
         query_pre_attn_scalar=256,
