@@ -27,6 +27,7 @@ LAYERS = {  # DESIGN.md's module map
     "tpt_jax.tasks.plugin": 0,
     "tpt_jax.tasks.answers": 0,
     "tpt_jax.hub": 0,
+    "tpt_jax.gemma_jax_io": 3,
     "tpt_jax.tasks.code": 0,
     "tpt_jax.tasks.math": 0,
     "tpt_jax.sandbox": 0,

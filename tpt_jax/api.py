@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tpt_jax import checkpoint, hf_io
+from tpt_jax import checkpoint, hf_io, hub
 from tpt_jax.distributed import to_global, to_host
 from tpt_jax.engine import Engine, EngineOptions, Sample, SamplingParams
 from tpt_jax.errors import CheckpointError, TptError
@@ -50,7 +50,10 @@ def shipped_models() -> dict[str, Any]:
 
 
 def detect_format(path: Path) -> str:
-    """'gguf', 'orbax' (a tpt_jax checkpoint) or 'hf'; a one-line error otherwise."""
+    """'gguf', 'orbax' (a tpt_jax checkpoint), 'gemma' (a checkpoint of Google's JAX gemma
+    library) or 'hf'; a one-line error otherwise."""
+    from tpt_jax.gemma_jax_io import is_gemma_checkpoint
+
     if path.is_file():
         with open(path, "rb") as f:
             if f.read(4) == b"GGUF":
@@ -60,6 +63,8 @@ def detect_format(path: Path) -> str:
         raise CheckpointError(f"{path}: no such file or directory")
     if checkpoint.is_checkpoint(path):
         return "orbax"
+    if is_gemma_checkpoint(path):
+        return "gemma"
     if (path / "config.json").exists():
         return "hf"
     raise CheckpointError(f"{path}: neither a HF model directory nor a tpt_jax checkpoint")
@@ -206,15 +211,17 @@ def load(
     rules=SAMPLE_RULES,
     engine: EngineOptions | None = None,
 ) -> ModelHandle:
-    """Load a HF directory, a `.gguf` file, a tpt_jax (Orbax) checkpoint, or a shipped model
-    name (`smollm2`, `gemma3-270m`); params are placed on `mesh` (default: all devices).
+    """Load a HF directory, a `.gguf` file, a tpt_jax (Orbax) checkpoint, a shipped model
+    name (`smollm2`, `gemma3-270m`) or a Hugging Face Hub id (`org/name`, `org/name@revision`:
+    from the HF cache, else downloaded unless HF_HUB_OFFLINE is set; a local path of the same
+    spelling wins); params are placed on `mesh` (default: all devices).
     `engine` sizes generation (slots, memory budget; default: from the device)."""
     if dtype not in DTYPES:
         raise TptError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     shipped = shipped_models()
     if str(path) in shipped and not Path(path).exists():
         path = shipped[str(path)]()
-    path = Path(path)
+    path = hub.resolve_model(path)  # a local path, as it is; a hub id, its snapshot directory
     mesh = mesh or make_mesh()
     kind = detect_format(path)
     jdtype = DTYPES[dtype]
@@ -225,6 +232,11 @@ def load(
         model = checkpoint.load_checkpoint(path, dtype=jdtype, mesh=mesh, rules=rules)
         tok_dir = checkpoint.checkpoint_tokenizer_dir(path)
         tok = Tokenizer.from_pretrained(tok_dir) if tok_dir else None
+    elif kind == "gemma":
+        from tpt_jax import gemma_jax_io
+
+        model = gemma_jax_io.load_gemma_checkpoint(path, dtype=jdtype, mesh=mesh, rules=rules)
+        tok = gemma_jax_io.load_gemma_tokenizer(path, model.config.family)
     else:
         from tpt_jax.gguf_io import read_gguf
 

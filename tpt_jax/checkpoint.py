@@ -1,5 +1,6 @@
 """Our own checkpoints, through Orbax's `CheckpointManager`: atomic, asynchronous, multi-host,
-on local paths and `gs://`. The only module of the package that imports orbax.
+on local paths and `gs://`. With `gemma_jax_io` (which reads
+Google's gemma-library trees), the only module of the package that imports orbax.
 
 A checkpoint directory is a manager's root that keeps one finished save (`max_to_keep=1`), in a
 step directory numbered by save (0, 1, ...):

@@ -1,15 +1,22 @@
-"""Text <-> token ids and chat templates on the Rust `tokenizers` package (no torch/transformers).
+"""Text <-> token ids and chat templates on the Rust `tokenizers` package (no torch needed).
 
 `Tokenizer` reads and writes Hugging Face tokenizer directories so that
-`transformers.AutoTokenizer.from_pretrained` loads what we save with the same ids, and renders chat
-templates the way transformers does. The `build_*` helpers assemble a `tokenizers.Tokenizer` from a
-bare vocabulary (what a GGUF file stores); `tpt_jax.gguf_io` decides which one a file needs.
+`transformers.AutoTokenizer.from_pretrained` loads what we save with the same ids, and reads a bare
+SentencePiece `tokenizer.model` (Google's JAX releases) into the same form. Chat templates are
+rendered by transformers itself when it is installed (imported on first use), else by a copy of
+its jinja environment. The `build_*` helpers assemble a `tokenizers.Tokenizer` from a bare
+vocabulary (what a GGUF file or a SentencePiece model stores); `tpt_jax.gguf_io` decides which one
+a file needs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import inspect
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +31,62 @@ END_OF_TURN_TOKENS = (
     "<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>",
 )  # fmt: skip
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+# The chat formats of the families whose releases can come without a template (Google's JAX
+# checkpoints ship a bare SentencePiece tokenizer.model), verbatim from the instruction-tuned
+# models' tokenizer_config.json on the Hugging Face Hub (Gemma 1 and 2 share one).
+GEMMA2_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+GEMMA3_CHAT_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
+FAMILY_CHAT_TEMPLATES = {"gemma2": GEMMA2_CHAT_TEMPLATE, "gemma3": GEMMA3_CHAT_TEMPLATE}
 
 
 class Tokenizer:
@@ -107,24 +170,46 @@ class Tokenizer:
         messages: Sequence[Mapping[str, Any]],
         add_generation_prompt: bool = True,
         tokenize: bool = True,
+        *,
+        continue_final_message: bool = False,
         **template_kwargs: Any,
     ) -> list[int] | str:
-        """Render `messages` as transformers does; ids (no special tokens added) or the string."""
+        """Render `messages` with the chat template: ids (no special tokens added) or the string.
+
+        transformers renders it when installed, exactly as its own `apply_chat_template` (tools
+        given as Python functions, `continue_final_message`: the last message left open for the
+        model to continue, with no generation prompt after it); `template_kwargs` reach the
+        template as variables (`tools`, `documents`, `date_string`, ...) and win over the special
+        tokens of the same name.
+        """
         if not self.chat_template:
             raise ValueError(
                 "this tokenizer has no chat template (a base model?); write the prompt as text"
             )
-        # As transformers: tools / documents are None (not undefined, which `is not none` passes),
-        # then the named special tokens, and explicit kwargs win.
-        context = {"tools": None, "documents": None, **self.special_tokens}
-        if self.template_time is not None:
-            context["strftime_now"] = self.template_time.strftime  # shadows the global clock
-        context.update(template_kwargs)
-        text = _compile(self.chat_template).render(
-            messages=[dict(m) for m in messages],
-            add_generation_prompt=add_generation_prompt,
-            **context,
-        )
+        # transformers refuses both at once; our default prompt gives way to an explicit continue
+        add_generation_prompt = add_generation_prompt and not continue_final_message
+        render = _transformers_renderer()
+        if render is None:
+            text = _render_without_transformers(
+                self.chat_template,
+                messages,
+                add_generation_prompt,
+                continue_final_message,
+                self.template_time,
+                {**self.special_tokens, **template_kwargs},
+            )
+        else:
+            kwargs = {**self.special_tokens, **template_kwargs}
+            with _frozen_clock(self.template_time):
+                (text,), _ = render(
+                    conversations=[copy.deepcopy([dict(m) for m in messages])],  # it edits them
+                    tools=kwargs.pop("tools", None),
+                    documents=kwargs.pop("documents", None),
+                    chat_template=self.chat_template,
+                    continue_final_message=continue_final_message,
+                    add_generation_prompt=add_generation_prompt,
+                    **kwargs,
+                )
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
     # --- Hugging Face directories --------------------------------------------------------------
@@ -148,6 +233,66 @@ class Tokenizer:
             template = (d / "chat_template.jinja").read_text(encoding="utf-8")
         elif (d / "chat_template.json").is_file():
             template = _pick_template(_read_json(d / "chat_template.json").get("chat_template"))
+        return cls(backend, chat_template=template, **special)
+
+    @classmethod
+    def from_sentencepiece(
+        cls,
+        model_file: str | Path,
+        *,
+        family: str | None = None,
+        chat_template: str | None = None,
+    ) -> Tokenizer:
+        """A SentencePiece `tokenizer.model` with no tokenizer.json beside it (Google's JAX
+        releases), rebuilt as transformers' converter rebuilds it, so it encodes as SentencePiece
+        does and saves as a HF directory. The chat template is `chat_template`, else the known
+        format of `family` (`FAMILY_CHAT_TEMPLATES`: "gemma2", "gemma3"), else none.
+
+        Reads models built as Gemma's: BPE, no normalization, no dummy prefix, no whitespace
+        removal (others are refused: LLaMA 2's dummy prefix would differ on leading spaces).
+        Needs the `sentencepiece` package (and protobuf).
+        """
+        path = Path(model_file)
+        proto = _read_sentencepiece(path)
+        norm, spec = proto.normalizer_spec, proto.trainer_spec
+        if spec.model_type != 2:  # TrainerSpec.BPE
+            raise ValueError(f"{path}: only BPE SentencePiece models load (Gemma's)")
+        if (
+            norm.name not in ("identity", "")
+            or norm.add_dummy_prefix
+            or norm.remove_extra_whitespaces
+        ):
+            raise ValueError(
+                f"{path}: only SentencePiece models normalized as Gemma's load (identity, no "
+                f"dummy prefix, whitespace kept); this one: {norm.name!r}, dummy prefix "
+                f"{norm.add_dummy_prefix}, whitespace removal {norm.remove_extra_whitespaces}"
+            )
+        tokens = [p.piece for p in proto.pieces]
+        if "\t" not in tokens and "<0x09>" in tokens:
+            # As transformers' Gemma converter: older Gemma vocabularies spell the tab as its byte
+            # piece, and merges such as "\t\t" need it spelled as text (its id is unchanged).
+            tokens[tokens.index("<0x09>")] = "\t"
+        # A BPE model lists its pieces in merge order (as transformers' converter reads them)
+        merges = merges_from_ranking(tokens, {t: -i for i, t in enumerate(tokens)})
+
+        def piece(i: int) -> str | None:
+            return tokens[i] if 0 <= i < len(tokens) else None
+
+        special = {
+            "bos_token": piece(spec.bos_id),
+            "eos_token": piece(spec.eos_id),
+            "unk_token": piece(spec.unk_id),
+            "pad_token": piece(spec.pad_id),
+        }
+        backend = build_sentencepiece_bpe(
+            tokens, merges, special["unk_token"] or "<unk>", gemma=True
+        )
+        kinds = [p.type for p in proto.pieces]
+        control = [t for t, k in zip(tokens, kinds, strict=True) if k == 3]  # CONTROL
+        user = [t for t, k in zip(tokens, kinds, strict=True) if k == 4]  # USER_DEFINED
+        add_vocab_tokens(backend, control, user)
+        set_special_post_processor(backend, special["bos_token"], None)  # BOS, as HF's Gemma
+        template = chat_template or FAMILY_CHAT_TEMPLATES.get(family or "")
         return cls(backend, chat_template=template, **special)
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -270,6 +415,74 @@ def set_special_post_processor(
 # --- helpers --------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1)
+def _transformers_renderer() -> Callable[..., Any] | None:
+    """transformers' chat-template renderer, or None where transformers is not installed (or
+    predates the renderer as called here). Cached: importing transformers takes about a second."""
+    try:
+        from transformers.utils.chat_template_utils import render_jinja_template
+    except ImportError:
+        return None
+    used = {"conversations", "tools", "documents", "chat_template", "continue_final_message"}
+    if not used <= set(inspect.signature(render_jinja_template).parameters):
+        return None
+    return render_jinja_template
+
+
+_CLOCK_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _frozen_clock(when: datetime | None) -> Iterator[None]:
+    """While rendering, transformers' `strftime_now` reads `when` instead of the wall clock.
+
+    Its sandbox replaces any callable passed in as a template variable by a placeholder string,
+    so the clock cannot be handed to the template; its `strftime_now` reads the `datetime` name
+    of its module, which is swapped for the render (under a lock, as that name is shared)."""
+    if when is None:
+        yield
+        return
+    from transformers.utils import chat_template_utils as module
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:
+            return when
+
+    with _CLOCK_LOCK:
+        wall, module.datetime = module.datetime, Frozen
+        try:
+            yield
+        finally:
+            module.datetime = wall
+
+
+def _render_without_transformers(
+    template: str,
+    messages: Sequence[Mapping[str, Any]],
+    add_generation_prompt: bool,
+    continue_final_message: bool,
+    template_time: datetime | None,
+    kwargs: dict[str, Any],
+) -> str:
+    """The chat template rendered with our copy of transformers' jinja environment.
+
+    Kept only for machines without transformers (a GGUF model needs no other dependency): it
+    renders what transformers renders for the templates we ship and test, but not its extras.
+    """
+    if continue_final_message:
+        raise ValueError("continue_final_message needs transformers (pip install transformers)")
+    # As transformers: tools / documents are None (not undefined, which `is not none` passes).
+    context = {"tools": None, "documents": None, **kwargs}
+    if template_time is not None:
+        context["strftime_now"] = template_time.strftime  # shadows the global clock
+    return _compile(template).render(
+        messages=[dict(m) for m in messages],
+        add_generation_prompt=add_generation_prompt,
+        **context,
+    )
+
+
 @lru_cache(maxsize=16)
 def _compile(template: str) -> Any:
     # Same environment as transformers: sandboxed, trim/lstrip blocks, loop controls, its globals
@@ -309,6 +522,22 @@ def _compile(template: str) -> Any:
     return env.from_string(template)
 
 
+def _read_sentencepiece(path: Path) -> Any:
+    """The ModelProto of a SentencePiece model file (pieces, scores, types, normalizer)."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError:
+        raise ImportError(
+            f"{path}: a SentencePiece tokenizer.model needs the sentencepiece package "
+            "(pip install sentencepiece protobuf)"
+        ) from None
+    data = path.read_bytes()
+    try:
+        return sentencepiece_model_pb2.ModelProto.FromString(data)
+    except Exception as e:  # protobuf's DecodeError: not a SentencePiece model
+        raise ValueError(f"{path}: not a SentencePiece model ({e})") from None
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
@@ -333,6 +562,9 @@ def _pick_template(value: Any) -> str | None:
 __all__ = [
     "Tokenizer",
     "END_OF_TURN_TOKENS",
+    "FAMILY_CHAT_TEMPLATES",
+    "GEMMA2_CHAT_TEMPLATE",
+    "GEMMA3_CHAT_TEMPLATE",
     "add_vocab_tokens",
     "build_byte_level_bpe",
     "build_sentencepiece_bpe",
