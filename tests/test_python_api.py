@@ -34,7 +34,7 @@ def test_a_round_from_python(tmp_path: Path, capsys) -> None:
     handle = run.model(1)
     assert handle.source == str(run.dir / "round_1" / "model")
     samples = handle.generate([[1, 2, 3]], max_new_tokens=4, temperature=0.0)
-    assert len(samples[0]) == 1 and 1 <= len(samples[0][0].token_ids) <= 4
+    assert len(samples[0]) == 1 and 1 <= len(samples[0][0].tokens) <= 4
     with pytest.raises(TptError, match="no stage 'think' in round 0"):
         run.stage("think", 0)
     with pytest.raises(TptError, match="no stage 'thonk'"):
