@@ -43,3 +43,43 @@ if os.environ.get("TPT_TEST_MEMORY"):
         if raised:
             with open(os.environ["TPT_TEST_MEMORY"], "a") as f:
                 f.write(f"{item.nodeid}: {', '.join(raised)} GiB\n")
+
+
+# The slow tests: whole runs of the loop (subprocesses, several processes, kill -9 and resume)
+# and the longest parity checks, each over ~20 s on 2 cores (seconds as measured in CI on
+# 2026-12-03, under load). `pytest -q` (the README's test command) leaves them out; `pytest -q
+# -m slow` runs them, and .ci/run runs both. A name matches every parametrization of it.
+SLOW = (
+    "tests/test_bad_input.py::test_same_config_same_run",  # 2-process run, preempted: 314
+    "tests/test_bad_input.py::test_kill_9_of_one_process_stops_the_others",
+    "tests/test_bad_input.py::test_eval_of_a_model_loaded_from_disk_equals_the_one_resharded",  # 29
+    "tests/test_bad_input.py::test_empty_round_stops_cleanly",  # 27
+    "tests/test_bad_input.py::test_skipped_lines_long_prompts_and_carry",  # 26
+    "tests/test_plan.py::test_multi_host_train_estimate_against_xla_across_processes",  # 68
+    "tests/test_plan.py::test_train_estimate_against_xla",  # 27 each
+    "tests/test_code_task.py::test_a_code_round_runs_the_loop",  # 66
+    "tests/test_plugin_task.py::test_a_plugin_task_runs_the_loop",  # 58
+    "tests/test_math_task.py::test_a_math_round_runs_the_loop",  # 42
+    "tests/test_python_api.py::test_a_round_from_python",  # ~60 alone
+    "tests/test_engine.py::test_samples_equal_the_uncached_forward_pass[gemma",  # 50, 44
+    "tests/test_cli.py::test_shipped_smollm2_exports_what_transformers_loads",  # 55
+    "tests/test_run.py::",  # the smoke run and its resumes, --force, kill -9: 28 to 53 each
+    "tests/test_generate_api.py::test_key_ids_make_chunked_sampling_equal_one_call",  # 44
+    "tests/test_generate_api.py::test_n_samples_stop_tokens_and_text",  # 28
+    "tests/test_generate_api.py::test_cli_generate_streams_the_greedy_answer",  # 27
+    "tests/test_multiprocess.py::test_engine_samples_across_two_processes",  # 42, 32
+    "tests/test_gguf_io.py::test_tensors_equal_transformers[gemma3]",  # 38
+    "tests/test_train.py::test_remat_and_scan_change_nothing_beyond_float_tolerance[gemma3",  # 30
+    "tests/test_train.py::test_bf16_compute_keeps_float32_master_weights",  # 30
+    "tests/test_train.py::test_accumulating_microbatches_equals_one_big_batch",  # 25
+    "tests/test_sampler.py::test_sampled_batch_is_independent_of_padding_and_batch_size",  # 29
+    "tests/test_faults_train.py::test_kill_9_during_a_background_save_while_training",  # 29
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
