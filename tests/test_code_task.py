@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import tiny_config
 
 from tpt_jax.errors import TptError
 from tpt_jax.tasks import code as code_task
@@ -91,13 +92,13 @@ def test_bad_rows_are_one_line(tmp_path: Path, line: str, message: str) -> None:
 
 
 def test_a_code_round_runs_the_loop(tmp_path: Path) -> None:
-    """One round of `tpt run` on the generated code task with the smoke config's tiny random
-    model: THINK samples, PRUNE and EVAL verify in the sandbox (a random model writes no
-    program: every verdict is no_program, an extraction failure)."""
-    config = tmp_path / "code.yaml"
-    config.write_text(
-        f"base: {ROOT / 'configs' / 'smoke.yaml'}\nrounds: 1\n"
-        "task: {name: code, options: {train: 12, test: 6}, train_size: null}\n"
+    """One round of `tpt run` on configs/code_demo.yaml (the generated code task) shrunk to the
+    smoke config's tiny random model: THINK samples, PRUNE and EVAL verify in the sandbox (a
+    random model writes no program: every verdict is no_program, an extraction failure)."""
+    config = tiny_config(
+        "code_demo.yaml",
+        tmp_path / "tiny.yaml",
+        {"options": {"train": 12, "test": 6}, "train_size": None, "test_size": None},
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     run_dir = tmp_path / "run"

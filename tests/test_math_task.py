@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import tiny_config
 
 from tpt_jax.errors import TptError
 from tpt_jax.tasks import math as math_task
@@ -106,11 +107,10 @@ def test_a_math_round_runs_the_loop(tmp_path: Path) -> None:
         rows = [{"problem": f"What is {i} + 1?", "solution": f"\\boxed{{{i + 1}}}"}
                 for i in range(count)]  # fmt: skip
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = tmp_path / "math.yaml"
-    config.write_text(
-        f"base: {ROOT / 'configs' / 'smoke.yaml'}\nrounds: 1\n"
-        f"task: {{name: math, options: {{source: {data}}}, train_size: null}}\n"
-    )
+    config = tiny_config(
+        "math_gemma2_2b.yaml", tmp_path / "tiny.yaml",
+        {"options": {"source": str(data)}, "train_size": None, "test_size": None},
+    )  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     run_dir = tmp_path / "run"
     proc = subprocess.run(

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tiny import tiny_config
 
 from tpt_jax.config import PruneConfig, load_config
 from tpt_jax.errors import TptError
@@ -128,14 +129,14 @@ def test_config_keys(tmp_path: Path) -> None:
 
 
 def test_a_plugin_task_runs_the_loop(tmp_path: Path) -> None:
-    """One round of `tpt run` on the example plug-in with the smoke config's tiny random model:
-    PRUNE and EVAL go through the plug-in's verify, the manifest records its path and hash,
-    and there is no prior baseline (the task defines its own right answers)."""
-    config = tmp_path / "plugin.yaml"
-    config.write_text(
-        f"base: {ROOT / 'configs' / 'smoke.yaml'}\nrounds: 1\n"
-        f"task: {{name: plugin, plugin: {EXAMPLE}, options: {{train: 12, test: 6}},"
-        " train_size: null}\n"
+    """One round of `tpt run` on configs/plugin_demo.yaml (the example plug-in) shrunk to the
+    smoke config's tiny random model: PRUNE and EVAL go through the plug-in's verify, the
+    manifest records its path and hash, and there is no prior baseline (the task defines its
+    own right answers)."""
+    config = tiny_config(
+        "plugin_demo.yaml",
+        tmp_path / "tiny.yaml",
+        {"options": {"train": 12, "test": 6}, "train_size": None, "test_size": None},
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     run_dir = tmp_path / "run"
@@ -151,7 +152,8 @@ def test_a_plugin_task_runs_the_loop(tmp_path: Path) -> None:
     summary = json.loads((run_dir / "round_1" / "eval" / "summary.json").read_text())
     assert summary["problems"] == 6 and "prior_baseline" not in summary
     traces = [json.loads(t) for t in (run_dir / "round_1" / "think" / "traces.jsonl").open()]
-    assert len(traces) == 12 * 2 and traces[0]["problem_id"] == "train/0"  # the plug-in's ids
+    # the plug-in's ids; train/0 is the worked example (few_shot: 1), the rest are THINK's
+    assert len(traces) == 11 * 2 and traces[0]["problem_id"] == "train/1"
 
 
 def test_prune_and_eval_grade_with_the_plugins_verify() -> None:
