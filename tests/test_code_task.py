@@ -5,13 +5,10 @@ and a `tpt run` round goes through the sandbox."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from tiny import tiny_config
+from tiny import run_tiny
 
 from tpt_jax.errors import TptError
 from tpt_jax.tasks import code as code_task
@@ -95,18 +92,11 @@ def test_a_code_round_runs_the_loop(tmp_path: Path) -> None:
     """One round of `tpt run` on configs/code_demo.yaml (the generated code task) shrunk to the
     smoke config's tiny random model: THINK samples, PRUNE and EVAL verify in the sandbox (a
     random model writes no program: every verdict is no_program, an extraction failure)."""
-    config = tiny_config(
+    run_dir = run_tiny(
         "code_demo.yaml",
-        tmp_path / "tiny.yaml",
+        tmp_path,
         {"options": {"train": 12, "test": 6}, "train_size": None, "test_size": None},
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tpt_jax.cli", "run", str(config), "--run-dir", str(run_dir)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
     stats = json.loads((run_dir / "round_1" / "prune" / "DONE.json").read_text())
     assert stats["traces"] == 24 and stats["extraction_failures"] == 24
     manifest = json.loads((run_dir / "round_1" / "manifest.json").read_text())

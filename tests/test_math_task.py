@@ -4,13 +4,10 @@ MATH-layout loading (local files and the hub path offline), and a `tpt run` roun
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from tiny import tiny_config
+from tiny import run_tiny
 
 from tpt_jax.errors import TptError
 from tpt_jax.tasks import math as math_task
@@ -107,17 +104,11 @@ def test_a_math_round_runs_the_loop(tmp_path: Path) -> None:
         rows = [{"problem": f"What is {i} + 1?", "solution": f"\\boxed{{{i + 1}}}"}
                 for i in range(count)]  # fmt: skip
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = tiny_config(
-        "math_gemma2_2b.yaml", tmp_path / "tiny.yaml",
+    run_dir = run_tiny(
+        "math_gemma2_2b.yaml",
+        tmp_path,
         {"options": {"source": str(data)}, "train_size": None, "test_size": None},
-    )  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tpt_jax.cli", "run", str(config), "--run-dir", str(run_dir)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    )
     stats = json.loads((run_dir / "round_1" / "prune" / "DONE.json").read_text())
     assert stats["traces"] == 24 and stats["extraction_failures"] == 24  # no box from noise
     manifest = json.loads((run_dir / "round_1" / "manifest.json").read_text())

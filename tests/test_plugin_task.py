@@ -4,14 +4,11 @@ plug-in can be wrong as a one-line error naming it, before any sampling."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from tiny import tiny_config
+from tiny import run_tiny
 
 from tpt_jax.config import PruneConfig, load_config
 from tpt_jax.errors import TptError
@@ -133,18 +130,11 @@ def test_a_plugin_task_runs_the_loop(tmp_path: Path) -> None:
     smoke config's tiny random model: PRUNE and EVAL go through the plug-in's verify, the
     manifest records its path and hash, and there is no prior baseline (the task defines its
     own right answers)."""
-    config = tiny_config(
+    run_dir = run_tiny(
         "plugin_demo.yaml",
-        tmp_path / "tiny.yaml",
+        tmp_path,
         {"options": {"train": 12, "test": 6}, "train_size": None, "test_size": None},
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tpt_jax.cli", "run", str(config), "--run-dir", str(run_dir)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((run_dir / "round_1" / "manifest.json").read_text())
     source = manifest["data"]["train_source"]
     assert source == {"plugin": str(EXAMPLE), "sha256": load_plugin(str(EXAMPLE)).sha256}
