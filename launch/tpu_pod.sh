@@ -10,10 +10,11 @@
 #   launch/tpu_pod.sh teardown TPU ZONE            delete the TPU VM (asks gcloud to confirm)
 #
 # Example, Gemma-2-9B on a v5p-32 slice (4 workers); the run directory must be storage every
-# worker sees (a Filestore/NFS mount here), since process 0 writes it and all processes read it:
+# worker sees (a bucket here; a Filestore/NFS mount works too), since process 0 writes it and
+# all processes read it:
 #   launch/tpu_pod.sh setup my-v5p europe-west4-b
 #   launch/tpu_pod.sh run my-v5p europe-west4-b -- tpt run configs/gemma2_9b_gsm8k.yaml \
-#       --run-dir /mnt/shared/runs/gemma2_9b
+#       --run-dir gs://my-bucket/runs/gemma2_9b
 #
 # `setup` ships only what a run needs (tpt_jax/, configs/, launch/, scripts/, pyproject.toml,
 # README.md; never checkpoints or runs) and installs the versions CI tests
@@ -50,7 +51,7 @@ case $action in
     ssh_all "set -e; mkdir -p ~/tpt_jax && tar -C ~/tpt_jax -xzf /tmp/tpt_jax_src.tgz
       cd ~/tpt_jax && if [[ ! -f .venv/installed-$stamp ]]; then
         python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip
-        .venv/bin/pip install -q -c launch/constraints.txt -e '.[tpu]'
+        .venv/bin/pip install -q -c launch/constraints.txt -e '.[tpu,gcs]'
         rm -f .venv/installed-* && touch .venv/installed-$stamp; fi
       .venv/bin/python -c 'import jax; print(jax.process_count(), jax.devices()[0].device_kind)'"
     ;;

@@ -6,12 +6,13 @@
 #   TPT_IMAGE_REPO=REGISTRY launch/xpk.sh CLUSTER WORKLOAD TPU_TYPE -- COMMAND...
 #   TPT_IMAGE_REPO=gcr.io/my-project launch/xpk.sh my-cluster gemma9b v5p-32 -- \
 #       tpt run configs/gemma2_9b_gsm8k.yaml \
-#       --run-dir /mnt/shared/runs/gemma2_9b
+#       --run-dir gs://my-bucket/runs/gemma2_9b
 #
 # Needs `pip install xpk`, gcloud and kubectl set up for the cluster, and docker. The image is
 # launch/Dockerfile (the package, configs, the versions CI tests), built here, tagged with the
-# commit and pushed to TPT_IMAGE_REPO. The run directory must be storage every pod mounts (a Filestore or GCS
-# FUSE volume given to the cluster), since process 0 writes it and all read it. `xpk workload
+# commit and pushed to TPT_IMAGE_REPO. The run directory must be storage every pod reaches (a gs:// bucket the
+# workload's service account may write, or a Filestore volume), since process 0 writes it and all
+# read it. `xpk workload
 # delete --cluster CLUSTER --workload WORKLOAD` stops it; submitting the same command again
 # resumes the run. One slice per workload: tpt's mesh has no DCN axis across slices yet.
 # Not exercised in CI (no cluster there): launch/local.sh runs the same multi-process code

@@ -40,6 +40,7 @@ LAYERS = {  # DESIGN.md's module map
     "tpt_jax.stages": 0,
     "tpt_jax.prefetch": 0,
     "tpt_jax.compile_cache": 0,
+    "tpt_jax.storage": 0,
     "tpt_jax.losses": 1,
     "tpt_jax.sharding": 1,
     "tpt_jax.distributed": 1,

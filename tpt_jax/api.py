@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tpt_jax import checkpoint, hf_io, hub
+from tpt_jax import checkpoint, hf_io, hub, storage
 from tpt_jax.distributed import to_global, to_host
 from tpt_jax.engine import Engine, EngineOptions, Sample, SamplingParams
 from tpt_jax.errors import CheckpointError, TptError
@@ -54,6 +54,8 @@ def detect_format(path: Path) -> str:
     library) or 'hf'; a one-line error otherwise."""
     from tpt_jax.gemma_jax_io import is_gemma_checkpoint
 
+    if path.is_file() and storage.is_remote(path):
+        raise CheckpointError(f"{path}: a single-file model is read from a local disk; copy it")
     if path.is_file():
         with open(path, "rb") as f:
             if f.read(4) == b"GGUF":
@@ -221,17 +223,27 @@ def load(
     shipped = shipped_models()
     if str(path) in shipped and not Path(path).exists():
         path = shipped[str(path)]()
-    path = hub.resolve_model(path)  # a local path, as it is; a hub id, its snapshot directory
+    if storage.is_remote(path):  # gs://: a round's checkpoint (read in place) or a HF dir
+        path = storage.run_path(path)
+    else:
+        path = hub.resolve_model(path)  # a local path, as it is; a hub id, its snapshot dir
     mesh = mesh or make_mesh()
     kind = detect_format(path)
+    if kind != "orbax" and storage.is_remote(path):  # other formats: from a local copy
+        with storage.local_dir(path) as local:
+            handle = load(local, dtype, mesh, rules, engine)
+        handle.source = str(path)
+        return handle
     jdtype = DTYPES[dtype]
     if kind == "hf":
         model = hf_io.load_hf_dir(path, dtype=jdtype, mesh=mesh, rules=rules)
         tok = Tokenizer.from_pretrained(path) if (path / "tokenizer.json").exists() else None
     elif kind == "orbax":
         model = checkpoint.load_checkpoint(path, dtype=jdtype, mesh=mesh, rules=rules)
-        tok_dir = checkpoint.checkpoint_tokenizer_dir(path)
-        tok = Tokenizer.from_pretrained(tok_dir) if tok_dir else None
+        tok = None
+        if tok_dir := checkpoint.checkpoint_tokenizer_dir(path):
+            with storage.local_dir(tok_dir) as local:
+                tok = Tokenizer.from_pretrained(local)
     elif kind == "gemma":
         from tpt_jax import gemma_jax_io
 

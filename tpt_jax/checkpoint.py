@@ -45,7 +45,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
-from tpt_jax import faults
+from tpt_jax import faults, storage
 from tpt_jax.distributed import as_global, is_primary
 from tpt_jax.errors import CheckpointError
 from tpt_jax.models.config import ModelConfig
@@ -155,9 +155,10 @@ def is_checkpoint(directory: str | Path) -> bool:
         return False
 
 
-def checkpoint_tokenizer_dir(directory: str | Path) -> Path | None:
-    """The tokenizer directory saved with a checkpoint (for `Tokenizer.from_pretrained`)."""
-    path = Path(directory) / "tokenizer"
+def checkpoint_tokenizer_dir(directory: str | Path) -> Any:
+    """The tokenizer directory saved with a checkpoint (for `Tokenizer.from_pretrained`): a
+    `pathlib.Path` for a local checkpoint, an `epath.Path` on `gs://`; None if it has none."""
+    path = _returned(_path(directory) / "tokenizer")
     return path if path.is_dir() else None
 
 
@@ -294,7 +295,7 @@ class AsyncSaver:
 def _path(directory: str | Path) -> Any:
     """An `epath.Path` (local or `gs://`); local paths made absolute, as Orbax requires."""
     text = os.fspath(directory)
-    return epath.Path(text) if "://" in text else epath.Path(Path(text).absolute())
+    return storage.run_path(text) if "://" in text else epath.Path(Path(text).absolute())
 
 
 def _returned(directory: Any) -> Any:

@@ -11,6 +11,10 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI imports what a command needs when it runs
+    from tpt_jax.round import Run
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -128,7 +132,6 @@ def _info(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     """`tpt run`: the whole loop; `tpt think|prune|train|eval`: one stage of one round."""
-    from tpt_jax import report
     from tpt_jax.errors import TptError
     from tpt_jax.round import Run
 
@@ -138,6 +141,15 @@ def _run(args: argparse.Namespace) -> None:
         args.config, args.run_dir, overrides=args.set or (), force=args.force,
         reuse=getattr(args, "reuse", None) or (),
     )  # fmt: skip
+    try:
+        _run_command(run, args)
+    finally:
+        run.close()
+
+
+def _run_command(run: Run, args: argparse.Namespace) -> None:
+    from tpt_jax import report
+
     run_dir = run.dir
     manifests = []
     if args.command == "run":
@@ -157,9 +169,7 @@ def _run(args: argparse.Namespace) -> None:
     print(report.table(rows))
     for note in report.notes(rows):
         print(note)
-    chart = report.plot(
-        rows, Path(run_dir) / "report.png", f"{Path(run_dir).name}: Pass@k per round"
-    )
+    chart = report.plot(rows, run_dir / "report.png", f"{run_dir.name}: Pass@k per round")
     shown = f", chart {chart}" if chart else ", no chart: pip install 'tpt-jax[plot]'"
     print(f"run directory: {run_dir} (metrics.jsonl, tb/{shown})")
     if manifests and manifests[-1].get("stopped"):  # on_empty_round: stop ends a run cleanly
@@ -304,7 +314,7 @@ def _stage_line(stage) -> str:
 def _report(args: argparse.Namespace) -> None:
     import json
 
-    from tpt_jax import report
+    from tpt_jax import report, storage
 
     rows = report.rounds(args.run_dir)
     answers = report.by_answer(args.run_dir) if args.by_answer else None
@@ -317,8 +327,9 @@ def _report(args: argparse.Namespace) -> None:
         print(note)
     if answers is not None:
         print(f"\nPass@1 by reference answer:\n{report.by_answer_table(answers, args.top)}")
-    title = f"{Path(args.run_dir).name}: Pass@k per round"
-    chart = report.plot(rows, args.png or Path(args.run_dir) / "report.png", title)
+    run_dir = storage.run_path(args.run_dir)
+    title = f"{run_dir.name}: Pass@k per round"
+    chart = report.plot(rows, args.png or run_dir / "report.png", title)
     print(f"chart: {chart}" if chart else "chart: none (matplotlib: pip install 'tpt-jax[plot]')")
 
 

@@ -14,13 +14,13 @@ arithmetic.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tpt_jax import storage
 from tpt_jax.api import ModelHandle
 from tpt_jax.config import EvalConfig
 from tpt_jax.distributed import is_primary
@@ -194,5 +194,5 @@ def evaluate(
     )
     summary["skipped_too_long"] = prompts.skipped_too_long
     if is_primary():
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        storage.write_json(out_dir / "summary.json", summary)
     return summary

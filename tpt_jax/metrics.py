@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from tpt_jax import storage
+
 
 class MetricsWriter:
     """Appends one JSON object per record to `path` and mirrors scalars to TensorBoard and, with
@@ -34,7 +36,7 @@ class MetricsWriter:
         enabled: bool = True,
         wandb: dict[str, Any] | None = None,
     ):
-        self.path = Path(path)
+        self.path = path if hasattr(path, "parent") else Path(path)  # pathlib or epath
         self.enabled = enabled
         self._tb = None
         self._wandb: Any = None
@@ -46,6 +48,7 @@ class MetricsWriter:
 
             self._wandb = wandb_lib.init(**wandb)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._appender = storage.Appender(self.path)
         if tensorboard_dir is not None:
             try:
                 from tensorboardX import SummaryWriter
@@ -58,8 +61,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {"tag": tag, "step": step, "time": round(time.time(), 3), **fields}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=_plain) + "\n")
+        self._appender.append(json.dumps(record, default=_plain) + "\n")
         scalars = {
             f"{tag}/{key}": value
             for key, value in fields.items()

@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from tpt_jax import storage
 from tpt_jax.errors import TptError
 from tpt_jax.grading import extract_answer
 from tpt_jax.stats import paired_difference
@@ -44,7 +45,7 @@ def answer_order(key: str) -> tuple[int, Decimal, str]:
 
 def _finished(run_dir: str | Path) -> list[dict[str, Any]]:
     """The manifests of every finished round, in round order."""
-    run_dir = Path(run_dir)
+    run_dir = storage.run_path(run_dir)
     if not run_dir.is_dir():
         raise TptError(f"{run_dir}: no such run directory")
     manifests = []
@@ -291,8 +292,9 @@ def plot(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path 
     ax.set_title(title or "Think-Prune-Train: accuracy per round")
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
+    path = storage.run_path(path)
+    with path.open("wb") as f:  # a local file or a gs:// object
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
     return path
 

@@ -34,14 +34,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import fcntl
 import functools
 import hashlib
 import importlib.util
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -51,7 +49,7 @@ from typing import Any
 
 import jax
 
-from tpt_jax import checkpoint, faults, plan
+from tpt_jax import checkpoint, faults, plan, storage
 from tpt_jax.api import ModelHandle, load, reshard
 from tpt_jax.config import RunConfig, config_hash, from_dict, load_config, to_dict
 from tpt_jax.data import encode_example
@@ -65,6 +63,7 @@ from tpt_jax.models.transformer import init_model
 from tpt_jax.prune import prune
 from tpt_jax.sharding import SAMPLE_RULES, TRAIN_RULES, make_mesh
 from tpt_jax.stages import first_difference, stage_inputs
+from tpt_jax.storage import read_json
 from tpt_jax.tasks import INSTRUCTION, Problem
 from tpt_jax.tasks.plugin import BUILT_IN, load_plugin
 from tpt_jax.think import (
@@ -85,18 +84,8 @@ SCRATCH = ("state", "best")  # TRAIN's resume files, deleted once its DONE.json 
 def write_json(path: Path, obj: Any) -> None:
     """Write `obj` as JSON atomically: a reader sees the old file or the new one, never half.
     Process 0 alone writes (every process of a multi-process run computes the same `obj`)."""
-    if not is_primary():
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, indent=2, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+    if is_primary():
+        storage.write_json(path, obj)
 
 
 class Run:
@@ -136,11 +125,13 @@ class Run:
         self.config = config
         _check_mesh(config.model.mesh)
         _check_mesh(config.engine.mesh, "engine.mesh")
-        self.dir = Path(run_dir)
+        self.dir = storage.run_path(run_dir)  # a local directory or a gs:// prefix
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(self.dir) if is_primary() else None  # process 0 holds it for all
+        # process 0 holds it for all
+        self._lock = storage.RunLock(self.dir) if is_primary() else None
         self.force = force
-        self.reuse = tuple(Path(d) for d in reuse)  # other runs whose finished stages may be ours
+        # other runs whose finished stages may be ours
+        self.reuse = tuple(storage.run_path(d) for d in reuse)
         self._claim_config(force)
         # One clock per run for chat templates that print today's date (Llama 3.x): prompts, and
         # so sampling keys and TRAIN's fingerprint, stay the same on every day the run resumes.
@@ -184,14 +175,16 @@ class Run:
         wandb = None
         if "wandb" in trackers:  # one W&B run per run directory, resumed with it
             id_file = self.dir / "wandb_id"
+            name = self.dir.name if storage.is_remote(self.dir) else self.dir.resolve().name
             if not id_file.exists() and is_primary():
-                id_file.write_text(f"{self.dir.resolve().name}-{os.urandom(4).hex()}\n")
+                id_file.write_text(f"{name}-{os.urandom(4).hex()}\n")
             wandb = {
                 "project": self.config.wandb_project or os.environ.get("WANDB_PROJECT", "tpt_jax"),
-                "name": self.dir.resolve().name,
+                "name": name,
                 "id": id_file.read_text().strip() if id_file.exists() else None,
                 "resume": "allow",
-                "dir": str(self.dir),
+                # W&B keeps its files on a local disk (a gs:// run: its working directory's)
+                "dir": "." if storage.is_remote(self.dir) else str(self.dir),
                 "config": to_dict(self.config),
             }
         return MetricsWriter(self.dir / "metrics.jsonl", tb, enabled=is_primary(), wandb=wandb)
@@ -214,6 +207,16 @@ class Run:
             self.metrics.close()
             del self.metrics
         return manifests
+
+    def close(self) -> None:
+        """Free the run directory for another process (the lock; on gs://, the lease, which
+        would otherwise stay until it expires). The CLI calls it when a command ends."""
+        if "metrics" in self.__dict__:
+            self.metrics.close()
+            del self.metrics
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def report(self) -> list[dict[str, Any]]:
         """One row per finished round, as `tpt report --json` prints them (`report.rounds`)."""
@@ -378,7 +381,7 @@ class Run:
         cfg = self.config.think
         traces_path = out / "traces.jsonl"
         if cfg.traces_from:  # the cross-model ablation: another run's traces for this round
-            source = Path(cfg.traces_from) / f"round_{r}" / "think" / "traces.jsonl"
+            source = storage.run_path(cfg.traces_from) / f"round_{r}" / "think" / "traces.jsonl"
             if not (source.parent / "DONE.json").exists():
                 raise TptError(f"think.traces_from: {source} is missing or unfinished")
             records = read_traces(source)
@@ -622,7 +625,7 @@ class Run:
         stale = present and (not record.exists() or read_json(record) != made_from)
         barrier("base model: looked")  # every process decides on the same files
         if stale and is_primary():
-            shutil.rmtree(tmp)  # another preset or seed (--force): draw it again
+            storage.rmtree(tmp)  # another preset or seed (--force): draw it again
         if stale or not present:
             checkpoint.save_checkpoint(model, tmp, tokenizer=tokenizer)
             write_json(tmp / "MADE_FROM.json", made_from)
@@ -675,10 +678,10 @@ class Run:
                 done = theirs / "DONE.json"
                 if not done.exists() or read_json(theirs / "INPUTS.json") != self._inputs(stage, r):
                     return
-                shutil.copytree(theirs, mine, ignore=shutil.ignore_patterns(*SCRATCH))
+                storage.copytree(theirs, mine, skip=SCRATCH)
                 result = read_json(done)
                 if stage == "train" and not result.get("carried"):
-                    shutil.copytree(other / f"round_{r}" / "model", self.round_dir(r) / "model")
+                    storage.copytree(other / f"round_{r}" / "model", self.round_dir(r) / "model")
                     result["model"] = str(self.round_dir(r) / "model")
                 elif stage == "train":
                     result["model"] = self.model_path(r - 1)
@@ -711,9 +714,9 @@ class Run:
             )
         _say(f"discarding {names} (round {r} {stage}: {why})")
         for r, stage, _ in stale:
-            shutil.rmtree(self.round_dir(r) / stage)
+            storage.rmtree(self.round_dir(r) / stage)
             (self.round_dir(r) / "manifest.json").unlink(missing_ok=True)
-        shutil.rmtree(self.dir / "export", ignore_errors=True)  # it may hold a discarded round
+        storage.rmtree(self.dir / "export")  # it may hold a discarded round
 
     def _claim_config(self, force: bool) -> None:
         path = self.dir / "config.json"
@@ -728,7 +731,7 @@ class Run:
             fresh = not any(self.dir.glob("round_*"))  # nothing made with the old config yet
             if theirs != mine and fresh:
                 if is_primary():
-                    shutil.rmtree(self.dir / "base_model", ignore_errors=True)  # its seed/preset
+                    storage.rmtree(self.dir / "base_model")  # its seed/preset
             elif theirs != mine and not force:
                 diff = first_difference(theirs, mine)
                 raise TptError(
@@ -771,7 +774,9 @@ class Run:
         if marker.exists() and marker.read_text().strip() == str(pick["round"]):
             return out
         handle = self.model_for(pick["round"])
-        handle.save_hf(out)  # every process gathers; process 0 writes
+        # every process gathers; process 0 writes (to gs://: locally, then uploaded)
+        with storage.writable_dir(out, upload=is_primary()) as local:
+            handle.save_hf(local)
         if is_primary():
             marker.write_text(f"{pick['round']}\n")
         _say(f"exported round {pick['round']} ({which}) to {out}")
@@ -793,19 +798,7 @@ def _drop_scratch(stage_dir: Path) -> None:
     if not is_primary():
         return
     for name in SCRATCH:
-        if (stage_dir / name).exists():
-            shutil.rmtree(stage_dir / name)
-
-
-def _lock(run_dir: Path) -> Any:
-    """An exclusive lock on the run directory; the kernel drops it when the process dies."""
-    f = open(run_dir / ".lock", "w")  # noqa: SIM115 (held for the Run's lifetime)
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise TptError(f"{run_dir}: another tpt process is using this run directory") from None
-    return f
+        storage.rmtree(stage_dir / name)
 
 
 def _check_mesh(shape: tuple[int, ...] | None, key: str = "model.mesh") -> None:

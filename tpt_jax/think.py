@@ -10,16 +10,14 @@ would have.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tpt_jax import faults
+from tpt_jax import faults, storage
 from tpt_jax.api import ModelHandle
 from tpt_jax.config import TaskConfig
 from tpt_jax.distributed import is_primary
@@ -89,7 +87,7 @@ def read_traces(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     records = []
-    with open(path, encoding="utf-8") as f:
+    with path.open(encoding="utf-8") as f:
         for line in f:
             if not line.endswith("\n"):
                 break
@@ -127,29 +125,27 @@ def sample_to_file(
     t0 = time.perf_counter()
     if todo:
         # Other processes sample alike and keep the records in memory; process 0 writes them.
-        with open(path, "a", encoding="utf-8") if is_primary() else nullcontext() as f:
-            chunks = handle.engine.run_chunks(
-                [prompts.ids[i] for i in todo], params, [prompts.key_ids[i] for i in todo]
-            )
-            pending: dict[int, list] = {}
-            for chunk in chunks:
-                new = []
-                for k, j, sample in chunk:
-                    tokens_made += sample.length
-                    pending.setdefault(k, [None] * params.n)[j] = handle.add_text(sample)
-                    if all(s is not None for s in pending[k]):
-                        problem = prompts.problems[todo[k]]
-                        new += [_record(problem.id, j, s) for j, s in enumerate(pending.pop(k))]
-                records += new
-                if on_records is not None:
-                    on_records(new)
-                if f is not None:
-                    f.write("".join(map(_line, new)))
-                    f.flush()
-                    os.fsync(f.fileno())
-                faults.reached("think.chunk")
-                tokens_per_s = tokens_made / (time.perf_counter() - t0)
-                progress.update(len(chunk), f"{tokens_per_s:.0f} tok/s")
+        appender = storage.Appender(path) if is_primary() else None
+        chunks = handle.engine.run_chunks(
+            [prompts.ids[i] for i in todo], params, [prompts.key_ids[i] for i in todo]
+        )
+        pending: dict[int, list] = {}
+        for chunk in chunks:
+            new = []
+            for k, j, sample in chunk:
+                tokens_made += sample.length
+                pending.setdefault(k, [None] * params.n)[j] = handle.add_text(sample)
+                if all(s is not None for s in pending[k]):
+                    problem = prompts.problems[todo[k]]
+                    new += [_record(problem.id, j, s) for j, s in enumerate(pending.pop(k))]
+            records += new
+            if on_records is not None:
+                on_records(new)
+            if appender is not None:
+                appender.append("".join(map(_line, new)))
+            faults.reached("think.chunk")
+            tokens_per_s = tokens_made / (time.perf_counter() - t0)
+            progress.update(len(chunk), f"{tokens_per_s:.0f} tok/s")
     progress.close()
     order = {p.id: i for i, p in enumerate(prompts.problems)}
     records.sort(key=lambda r: (order.get(r["problem_id"], len(order)), r["sample"]))
@@ -174,11 +170,5 @@ def _line(record: dict[str, Any]) -> str:
 def write_records(path: Path, records: list[dict[str, Any]]) -> None:
     """Replace `path` with these JSONL records atomically (temp file, fsync, rename). Process 0
     alone writes; the others hold the same records."""
-    if not is_primary():
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(map(_line, records))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    if is_primary():
+        storage.write_text(path, "".join(map(_line, records)))

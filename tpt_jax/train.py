@@ -61,7 +61,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tpt_jax import checkpoint, faults
+from tpt_jax import checkpoint, faults, storage
 from tpt_jax.config import TrainConfig
 from tpt_jax.data import Rows, SFTExample, drop_long, epoch_steps, eval_batches, steps_per_epoch
 from tpt_jax.distributed import to_global, to_host
@@ -340,7 +340,7 @@ def train(
     """
     cfg.check()
     log = log or (lambda record: None)
-    work_dir = Path(work_dir)
+    work_dir = storage.run_path(work_dir)  # a local directory or a gs:// prefix
     state_dir, best_dir = work_dir / "state", work_dir / "best"
     train_set, dropped = drop_long(train_set, cfg.max_len)
     val_set, val_dropped = drop_long(val_set, cfg.max_len)
