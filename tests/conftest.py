@@ -107,7 +107,7 @@ SLOW = (
     "tests/test_pretrained.py::test_greedy_tokens_equal_transformers[smollm2]",  # 18; logits
     "tests/test_models.py::test_preset_param_count_matches_published[llama3.1-70b]",  # 16
     "tests/test_hf_parity.py::test_left_padding_matches_unpadded[gemma2]",  # 11; llama's
-    "tests/test_gcs.py::test_a_run_on_gs",  # a run on gs:// killed twice, and a local one: 185
+    "tests/test_gcs.py::test_a_two_process_run_on_gs",  # 2-process run on gs://, killed twice
     "tests/test_gcs.py::test_the_gs_lease",  # waits out two lease periods: 12
 )
 

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -172,7 +173,7 @@ class RunLock:
             import fcntl
 
             self._lease = None
-            self._file = open(run_dir / ".lock", "w")  # noqa: SIM115 (held until release)
+            self._file = open(run_dir / ".lock", "w")  # noqa: SIM115 (held until close)
             try:
                 fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -194,7 +195,8 @@ class _Lease:
     """A lease object on GCS: {owner, host, pid, heartbeat}. Taken when absent, stale, or held
     by a dead process of this host; renewed every LEASE_SECONDS / 4 by a daemon thread. After
     writing it, the taker reads it back: of two racing takers only the last writer goes on.
-    A live holder makes a second run wait up to one lease period, then fail naming it."""
+    A live holder makes a second run wait 1.5 lease periods, then fail naming it. Heartbeats
+    are wall-clock times, so hosts' clocks must agree to seconds (NTP), not to the period."""
 
     def __init__(self, path: Any):
         self.path = path
@@ -221,10 +223,17 @@ class _Lease:
         atexit.register(self.close)  # an exit without Run.close frees it too, if GCS is reachable
 
     def _holder(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
+        """The lease's record; None only when there is none. A record read while its holder
+        rewrites it can come back torn: read again, and if it stays unreadable count the lease
+        as held (a live holder must never look absent)."""
+        for _ in range(5):
+            try:
+                return json.loads(self.path.read_text())
+            except FileNotFoundError:
+                return None
+            except ValueError:
+                time.sleep(0.1)
+        return {"owner": "?", "host": "?", "pid": "?", "heartbeat": time.time()}
 
     def _free(self, holder: dict[str, Any]) -> bool:
         if time.time() - float(holder.get("heartbeat", 0)) > LEASE_SECONDS:
@@ -250,6 +259,16 @@ class _Lease:
     def _renew(self) -> None:
         while not self._stop.wait(LEASE_SECONDS / 4):
             with contextlib.suppress(OSError):
+                holder = self._holder()
+                if holder is not None and holder.get("owner") != self.owner:
+                    print(  # never overwrite the new holder's lease: say so, loudly, once
+                        f"tpt: lost the lease on {self.path.parent} to {holder.get('host')} "
+                        f"pid {holder.get('pid')} (no heartbeat for {LEASE_SECONDS:.0f} s?); "
+                        "stop this process: two runs now write the same directory",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return
                 self._write()
 
     def close(self) -> None:
