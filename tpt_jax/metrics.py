@@ -36,7 +36,7 @@ class MetricsWriter:
         enabled: bool = True,
         wandb: dict[str, Any] | None = None,
     ):
-        self.path = path if hasattr(path, "parent") else Path(path)  # pathlib or epath
+        self.path = storage.run_path(path)  # a local file or a gs:// object
         self.enabled = enabled
         self._tb = None
         self._wandb: Any = None

@@ -26,7 +26,10 @@ stop`: `tpt run` exits 0 after the table of finished rounds with a last line `ru
 the round gets no manifest, so rerunning stops there again and `carry` would go on) or carries
 the previous model forward (`carry`: its train/DONE.json says `carried`, and its model and
 evaluation are the previous round's). One process at a time per run directory: an flock that
-the kernel drops when the process dies, `kill -9` included. Manifests record the data read
+the kernel drops when the process dies, `kill -9` included (on `gs://`, a lease object that a
+relaunch takes over: `storage.RunLock`). The run directory may be local, a shared mount or a
+`gs://` prefix (`storage`: every file goes through pathlib's API, atomic writes and appends
+through its helpers). Manifests record the data read
 (`data`: problems used, bad lines skipped, each file's sha256 or the generator's settings).
 """
 
