@@ -206,20 +206,21 @@ class Run:
             if manifest.get("stopped"):
                 break
         self.export(manifests)
-        if "metrics" in self.__dict__:  # opened: flush TensorBoard, finish the W&B run
-            self.metrics.close()
-            del self.metrics
+        self._close_metrics()
         return manifests
 
     def close(self) -> None:
         """Free the run directory for another process (the lock; on gs://, the lease, which
         would otherwise stay until it expires). The CLI calls it when a command ends."""
-        if "metrics" in self.__dict__:
-            self.metrics.close()
-            del self.metrics
+        self._close_metrics()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+    def _close_metrics(self) -> None:
+        if "metrics" in self.__dict__:  # opened: flush TensorBoard, finish the W&B run
+            self.metrics.close()
+            del self.metrics
 
     def report(self) -> list[dict[str, Any]]:
         """One row per finished round, as `tpt report --json` prints them (`report.rounds`)."""

@@ -83,14 +83,18 @@ def read_json(path: Any) -> Any:
 
 class Appender:
     """Appends text to `path`, each append durable when `append` returns (fsync'd locally;
-    uploaded whole on GCS, where an object cannot grow). Starts from the file's content."""
+    uploaded whole on GCS, where an object cannot grow). Starts from the file's content:
+    `text` when the caller has just written it (on GCS, saves reading it back), else read."""
 
-    def __init__(self, path: Any):
+    def __init__(self, path: Any, text: str | None = None):
         self.path = path
         self._remote = is_remote(path)
         self._text = ""
-        if self._remote and path.exists():
-            self._text = path.read_text(encoding="utf-8")
+        if self._remote:
+            self._text = text if text is not None else self._read()
+
+    def _read(self) -> str:
+        return self.path.read_text(encoding="utf-8") if self.path.exists() else ""
 
     def append(self, text: str) -> None:
         if not text:

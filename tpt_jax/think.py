@@ -117,15 +117,16 @@ def sample_to_file(
     counts = Counter(r["problem_id"] for r in done)
     finished = {pid for pid, c in counts.items() if c == params.n}
     records = [r for r in done if r["problem_id"] in finished]
+    written = None  # the file's text, when just rewritten
     if done:  # rewrite without a torn tail or a half-written problem: appends start clean
-        write_records(path, records)
+        written = write_records(path, records)
     todo = [i for i, p in enumerate(prompts.problems) if p.id not in finished]
     progress = Progress(label, len(todo) * params.n, "samples")
     tokens_made = 0
     t0 = time.perf_counter()
     if todo:
         # Other processes sample alike and keep the records in memory; process 0 writes them.
-        appender = storage.Appender(path) if is_primary() else None
+        appender = storage.Appender(path, written) if is_primary() else None
         chunks = handle.engine.run_chunks(
             [prompts.ids[i] for i in todo], params, [prompts.key_ids[i] for i in todo]
         )
@@ -167,8 +168,10 @@ def _line(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-def write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    """Replace `path` with these JSONL records atomically (temp file, fsync, rename). Process 0
-    alone writes; the others hold the same records."""
+def write_records(path: Path, records: list[dict[str, Any]]) -> str:
+    """Replace `path` with these JSONL records atomically (`storage.write_text`); returns the
+    text written. Process 0 alone writes; the others hold the same records."""
+    text = "".join(map(_line, records))
     if is_primary():
-        storage.write_text(path, "".join(map(_line, records)))
+        storage.write_text(path, text)
+    return text
